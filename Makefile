@@ -1,0 +1,55 @@
+# vfio-hil: `make run` runs the conformance suite on the virtual rack; `make test` runs the
+# project's own tests. Both install what they need (Debian packages, a venv) and reuse it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages the virtual rack needs on the controller. The guests boot the controller's
+# own filesystem, so their sshd and python3-cffi come from here too.
+DEB_PACKAGES := qemu-system-x86 busybox-static openssh-client openssh-server kmod \
+	python3-cffi iproute2 pciutils
+
+.PHONY: run test unit e2e lint deps system-deps rack-up rack-down clean
+
+run: deps
+	$(BIN)/vfio-hil run $(ARGS)
+
+test: deps
+	bash .ci/run-tests
+
+unit: deps
+	$(BIN)/pytest tests/unit -q
+
+e2e: deps
+	$(BIN)/pytest tests/e2e -q
+
+lint: deps
+	$(BIN)/ruff check lib fixtures conformance tests
+
+rack-up: deps
+	$(BIN)/vfio-hil rack up
+
+rack-down: deps
+	$(BIN)/vfio-hil rack down
+
+deps: system-deps $(VENV)/.installed
+
+# Installs only what is missing: a second run does no apt work.
+system-deps:
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(DEB_PACKAGES) 2>/dev/null \
+		| awk '$$4 != "installed" {print $$1}'; \
+		for p in $(DEB_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ -n "$${missing// }" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info lib/*.egg-info

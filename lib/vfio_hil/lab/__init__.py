@@ -1,0 +1,1 @@
+"""Controller-side lab code: inventory, virtual rack, provisioning, DUT channel, reports."""

@@ -1,0 +1,141 @@
+"""The ``vfio-hil`` command: a thin layer over the lab library.
+
+    vfio-hil run [--inventory FILE] [--reports DIR] [--keep-rack] [-- PYTEST ARGS]
+    vfio-hil rack up|down|status [--inventory FILE] [HOST ...]
+
+Exit status: 0 all checks PASS or SKIP; 1 a check FAILed or ERRORed; 2 bad input (inventory,
+options, a device that is not there); 3 the lab broke (rack boot, provisioning); 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from vfio_hil.lab.errors import HilError, ProvisioningError, UsageError
+from vfio_hil.lab.inventory import DEFAULT_INVENTORY, Inventory, load_inventory
+from vfio_hil.lab.provision import Provisioner
+from vfio_hil.lab.rack import VirtualRack
+from vfio_hil.lab.report import new_run_id, prepare_run_dir
+
+CONFORMANCE_DIR = Path(__file__).resolve().parents[3] / "conformance"
+# pytest exit codes after which the checks' own teardown ran (0 passed, 1 some failed).
+PYTEST_COMPLETED = (0, 1)
+
+
+def log(msg: str) -> None:
+    """Progress for a human, on stderr."""
+    print(f"[vfio-hil] {msg}", file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vfio-hil", description="VFIO hardware-in-the-loop conformance suite")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run the conformance checks against an inventory")
+    run.add_argument("--inventory", type=Path, default=DEFAULT_INVENTORY)
+    run.add_argument("--reports", type=Path, default=Path("reports"))
+    run.add_argument("--keep-rack", action="store_true", help="leave booted VMs running")
+    run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
+    rack = sub.add_parser("rack", help="boot, stop or show the virtual rack")
+    rack.add_argument("action", choices=("up", "down", "status"))
+    rack.add_argument("--inventory", type=Path, default=DEFAULT_INVENTORY)
+    rack.add_argument("hosts", nargs="*", help="limit to these hosts")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vfio-hil`` console script."""
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "rack":
+            return rack_command(args.action, load_inventory(args.inventory), args.hosts or None)
+        return run_command(args)
+    except HilError as exc:
+        print(f"vfio-hil: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vfio-hil: interrupted", file=sys.stderr)
+        return 130
+
+
+def rack_command(action: str, inventory: Inventory, hosts: list[str] | None) -> int:
+    """``vfio-hil rack up|down|status``."""
+    rack = VirtualRack(inventory, log=log)
+    if action == "up":
+        rack.up(hosts)
+    elif action == "down":
+        rack.down(hosts)
+    rows = [("HOST", "STATE", "PID", "SSH", "ACCEL", "CONSOLE")]
+    for host in rack.virtual_hosts(hosts):
+        st = rack.status(host)
+        state = ("stale" if st.stale else "up") if st.running else "down"
+        port = f"127.0.0.1:{st.ssh_port}" if st.ssh_port else "-"
+        rows.append((st.host, state, str(st.pid or "-"), port, st.accel or "-", str(st.console)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Let the child pytest handle Ctrl-C (its fixtures restore the hosts); we clean up after."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``vfio-hil run``: boot what is needed, preflight, run pytest, restore, report."""
+    inventory = load_inventory(args.inventory)
+    pytest_args = [a for a in args.pytest_args if a != "--"]
+    rack = VirtualRack(inventory, log=log)
+    virtual = [h.name for h in rack.virtual_hosts()]
+    booted = [h for h in virtual if not rack.status(inventory.hosts[h]).running]
+    run_id = new_run_id()
+    run_dir = prepare_run_dir(args.reports.resolve(), run_id)
+    provisioner = Provisioner(inventory, rack, run_dir / "ansible", log)
+    rc = 3
+    try:
+        if virtual:
+            rack.up(virtual)
+        for host in inventory.hosts.values():
+            log(f"{host.name}: preflight")
+            try:
+                provisioner.preflight(host)
+            except ProvisioningError as exc:
+                # A missing device or an unreachable host is bad input, and nothing changed yet.
+                raise UsageError(str(exc)) from None
+        cmd = [
+            sys.executable, "-m", "pytest", str(CONFORMANCE_DIR),
+            "-p", "no:cacheprovider", "-o", "addopts=", "-o", "testpaths=",
+            "--rootdir", str(CONFORMANCE_DIR),
+            "--vfio-inventory", str(args.inventory.resolve()),
+            "--vfio-reports", str(args.reports.resolve()),
+            "--vfio-run-id", run_id,
+            *pytest_args,
+        ]  # fmt: skip
+        with _sigint_ignored():
+            rc = subprocess.call(cmd)
+        if rc not in PYTEST_COMPLETED:
+            log(f"pytest ended abnormally (status {rc}): restoring every host")
+            for host in inventory.hosts.values():
+                provisioner.teardown(host)
+        log(f"report: {run_dir}")
+    finally:
+        if booted and not args.keep_rack:
+            rack.down(booted)
+    # pytest: 2 interrupted, 3 internal error, 4 usage error; a signal shows as negative.
+    return {2: 130, -signal.SIGINT: 130, 3: 3, 4: 2}.get(rc, 3 if rc < 0 else rc)

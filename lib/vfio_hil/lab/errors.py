@@ -1,0 +1,34 @@
+"""Errors of the lab layer. Each one is a single line that names the problem; the CLI prints
+it and exits 2 (bad input) or 3 (the lab broke)."""
+
+from __future__ import annotations
+
+
+class HilError(Exception):
+    """Base of every lab error; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 3
+
+
+class InventoryError(HilError):
+    """The inventory file is missing, malformed or describes something impossible."""
+
+    exit_code = 2
+
+
+class UsageError(HilError):
+    """A command-line option or argument is wrong."""
+
+    exit_code = 2
+
+
+class RackError(HilError):
+    """The virtual rack could not boot or be reached."""
+
+
+class ProvisioningError(HilError):
+    """An Ansible play against a DUT failed."""
+
+
+class ChannelError(HilError):
+    """The channel to a DUT broke, or a DUT-side call failed outside VFIO."""

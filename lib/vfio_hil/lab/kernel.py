@@ -1,0 +1,215 @@
+"""Debian kernels for the virtual rack: fetched from the Debian archive, cached, and given a
+tiny initramfs that mounts the controller's filesystem (read-only, over 9p) as the guest root.
+
+Nothing is installed on the controller: the kernel package is downloaded with ``apt-get
+download`` and unpacked into the cache. A second boot of the same kernel does no apt work.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vfio_hil.lab.errors import RackError
+
+# What the initramfs needs to reach the root filesystem: virtio PCI transport, 9p over virtio,
+# and overlayfs (a RAM layer that makes the read-only root writable for the guest).
+INITRAMFS_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
+
+_INIT = Path(__file__).with_name("guest") / "initramfs-init.sh"
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    """An unpacked Debian kernel with its modules and our initramfs."""
+
+    package: str
+    release: str
+    vmlinuz: Path
+    modules_dir: Path
+    initrd: Path
+
+
+def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise RackError(f"{what}: '{cmd[0]}' is not installed (run 'make deps')") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RackError(f"{what}: {' '.join(cmd)} failed: {tail[0]}")
+    return proc.stdout
+
+
+class KernelCache:
+    """Fetches, unpacks and prepares Debian kernel packages under ``root``."""
+
+    def __init__(self, root: Path, log: Callable[[str], None]) -> None:
+        self.root = root
+        self.log = log
+        self._apt_updated = False
+
+    def get(self, package: str) -> KernelImage:
+        """The kernel for ``package`` (a Debian package name, optionally ``name/release``),
+        downloading and preparing it on first use."""
+        record = self.root / (re.sub(r"[^A-Za-z0-9.+-]", "_", package) + ".json")
+        if record.is_file():
+            image = self._image(json.loads(record.read_text()))
+            if image.initrd.is_file() and image.vmlinuz.is_file():
+                return image
+        name, _, release = package.partition("/")
+        concrete = self._resolve(name, release)
+        image = self._unpack(concrete, release)
+        self._build_initramfs(image)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"package": concrete, "release": image.release}))
+        return image
+
+    def _image(self, rec: dict[str, str]) -> KernelImage:
+        base = self.root / rec["package"]
+        return KernelImage(
+            package=rec["package"],
+            release=rec["release"],
+            vmlinuz=base / "boot" / f"vmlinuz-{rec['release']}",
+            modules_dir=base / "lib" / "modules" / rec["release"],
+            initrd=base / "vfio-hil-initrd.gz",
+        )
+
+    def _apt_cache_depends(self, name: str, release: str) -> str:
+        cmd = ["apt-cache", "depends", name]
+        if release:
+            cmd[1:1] = ["-t", release]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        return proc.stdout if proc.returncode == 0 else ""
+
+    def _resolve(self, name: str, release: str) -> str:
+        """Follow a metapackage (``linux-image-amd64``) to the versioned image package."""
+        for _ in range(4):
+            if re.match(r"^linux-image-\d", name) and not name.endswith("-unsigned"):
+                return name
+            out = self._apt_cache_depends(name, release)
+            if not out and not self._apt_updated:
+                self.log("apt lists do not know the kernel package yet: running apt-get update")
+                _run(["apt-get", "update", "-q"], "apt-get update")
+                self._apt_updated = True
+                out = self._apt_cache_depends(name, release)
+            if not out:
+                raise RackError(f"kernel package {name!r} is not in the Debian archive")
+            deps = re.findall(r"Depends: (linux-image-[^\s<>]+)", out)
+            if not deps:
+                raise RackError(f"kernel package {name!r} names no linux-image package")
+            name = deps[0]
+        raise RackError(f"kernel package {name!r}: metapackage chain too long")
+
+    def _unpack(self, package: str, release: str) -> KernelImage:
+        dest = self.root / package
+        with tempfile.TemporaryDirectory(prefix="vfio-hil-kernel-") as tmp:
+            self.log(f"downloading kernel package {package} from the Debian archive")
+            target = f"{package}/{release}" if release else package
+            _run(
+                ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", target],
+                f"download of {package}",
+                cwd=Path(tmp),
+            )
+            debs = list(Path(tmp).glob("*.deb"))
+            if not debs:
+                raise RackError(f"download of {package}: apt-get left no .deb")
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.mkdir(parents=True)
+            _run(["dpkg-deb", "-x", str(debs[0]), str(dest)], f"unpacking {package}")
+        releases = [p.name for p in (dest / "lib" / "modules").iterdir() if p.is_dir()]
+        if len(releases) != 1:
+            raise RackError(f"{package}: expected one kernel release, found {releases}")
+        rel = releases[0]
+        _run(["depmod", "-b", str(dest), rel], f"depmod for {package}")
+        return self._image({"package": package, "release": rel})
+
+    def _build_initramfs(self, image: KernelImage) -> None:
+        busybox = shutil.which("busybox")
+        if not busybox:
+            raise RackError("busybox is not installed (apt package busybox-static)")
+        modules = initramfs_module_order(image.modules_dir, INITRAMFS_MODULES)
+        with tempfile.TemporaryDirectory(prefix="vfio-hil-initrd-") as tmp:
+            root = Path(tmp)
+            for d in ("bin", "mods", "proc", "sys", "dev", "lower", "layer", "newroot"):
+                (root / d).mkdir()
+            shutil.copy2(busybox, root / "bin" / "busybox")
+            order = []
+            for rel_path in modules:
+                out_name = Path(rel_path).name.split(".ko")[0] + ".ko"
+                (root / "mods" / out_name).write_bytes(_module_bytes(image.modules_dir / rel_path))
+                order.append(out_name)
+            (root / "mods" / "order").write_text("\n".join(order) + "\n")
+            shutil.copy2(_INIT, root / "init")
+            os.chmod(root / "init", 0o755)
+            listing = subprocess.run(
+                ["find", "."], cwd=root, capture_output=True, check=True
+            ).stdout
+            cpio = subprocess.run(
+                [busybox, "cpio", "-o", "-H", "newc"],
+                cwd=root,
+                input=listing,
+                capture_output=True,
+                check=False,
+            )
+            if cpio.returncode != 0:
+                raise RackError(f"initramfs for {image.release}: busybox cpio failed")
+            image.initrd.write_bytes(gzip.compress(cpio.stdout, compresslevel=1))
+
+
+def initramfs_module_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[str]:
+    """Paths (relative to ``modules_dir``) of ``wanted`` modules and their dependencies, each
+    after everything it depends on. Built-in modules are left out."""
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in (modules_dir / "modules.dep").read_text().splitlines():
+        path, _, rest = line.partition(":")
+        deps[path] = rest.split()
+        by_name[_module_name(path)] = path
+    builtin = set()
+    builtin_file = modules_dir / "modules.builtin"
+    if builtin_file.is_file():
+        builtin = {_module_name(p) for p in builtin_file.read_text().split()}
+    ordered: list[str] = []
+
+    def visit(path: str, stack: tuple[str, ...]) -> None:
+        if path in ordered:
+            return
+        if path in stack:
+            raise RackError(f"modules.dep of {modules_dir} has a dependency cycle at {path}")
+        for dep in deps.get(path, []):
+            visit(dep, (*stack, path))
+        ordered.append(path)
+
+    for name in wanted:
+        if name in builtin:
+            continue
+        if name not in by_name:
+            raise RackError(f"kernel {modules_dir.name} has no module {name}")
+        visit(by_name[name], ())
+    return ordered
+
+
+def _module_name(path: str) -> str:
+    return Path(path).name.split(".ko")[0].replace("-", "_")
+
+
+def _module_bytes(path: Path) -> bytes:
+    """A module's ELF bytes; busybox insmod takes no compressed modules."""
+    if path.suffix == ".xz":
+        return lzma.decompress(path.read_bytes())
+    if path.suffix == ".zst":
+        if not shutil.which("zstd"):
+            raise RackError(f"{path.name} is zstd-compressed: install the zstd package")
+        return subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
+    return path.read_bytes()

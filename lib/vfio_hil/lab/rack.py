@@ -1,0 +1,487 @@
+"""The virtual rack: QEMU q35 machines with an emulated IOMMU and emulated PCI devices, booting
+a Debian kernel with the controller's filesystem as a read-only root, reached over SSH on a
+loopback port and managed over QMP.
+
+State lives in ``<home>/racks/<host>/`` (pid, QMP socket, console log, SSH keys and config), so
+``vfio-hil rack up`` in one process and ``vfio-hil run`` in another see the same machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from vfio_hil.lab.errors import RackError
+from vfio_hil.lab.inventory import Host, Inventory
+from vfio_hil.lab.kernel import KernelCache, KernelImage
+
+GUEST_INIT = Path(__file__).with_name("guest") / "guest-init.sh"
+BOOT_TIMEOUT_S = 240.0
+QEMU = "qemu-system-x86_64"
+
+IOMMU_DEVICES = {"intel": "intel-iommu", "amd": "amd-iommu", "virtio": "virtio-iommu-pci"}
+IOMMU_CMDLINE = {"intel": "intel_iommu=on", "amd": "", "virtio": "", "none": ""}
+
+
+def default_home() -> Path:
+    """Where vfio-hil keeps kernels and rack state (``$VFIO_HIL_HOME``, else ~/.cache)."""
+    env = os.environ.get("VFIO_HIL_HOME")
+    return Path(env) if env else Path.home() / ".cache" / "vfio-hil"
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """How to reach a DUT over SSH: ``ssh -F ssh_config alias``."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    key: Path
+    ssh_config: Path
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    """One machine of the rack as seen now."""
+
+    host: str
+    running: bool
+    pid: int | None
+    ssh_port: int | None
+    accel: str | None
+    console: Path
+    stale: bool = False
+
+
+def qemu_command(
+    host: Host, kernel: KernelImage, state: Path, ssh_port: int, accel: str
+) -> list[str]:
+    """The full QEMU command line of a virtual DUT."""
+    vm = host.vm
+    assert vm is not None
+    cmdline = " ".join(
+        a
+        for a in (
+            "console=ttyS0 panic=-1 loglevel=6",
+            IOMMU_CMDLINE[vm.iommu],
+            f"vfiohil.init={GUEST_INIT} vfiohil.state={state}",
+            f"vfiohil.modules={kernel.modules_dir} vfiohil.hostname={host.name}",
+            vm.kernel_cmdline,
+        )
+        if a
+    )
+    cmd = [
+        QEMU, "-name", host.name, "-nodefaults", "-no-reboot",
+        "-machine", f"q35,kernel-irqchip=split,accel={accel}",
+        "-cpu", "host" if accel == "kvm" else "max",
+        "-m", str(vm.memory_mb), "-smp", str(vm.cpus),
+        "-display", "none", "-monitor", "none",
+        "-serial", f"file:{state / 'console.log'}",
+        "-qmp", f"unix:{state / 'qmp.sock'},server=on,wait=off",
+        "-pidfile", str(state / "qemu.pid"),
+        "-kernel", str(kernel.vmlinuz), "-initrd", str(kernel.initrd), "-append", cmdline,
+    ]  # fmt: skip
+    if vm.iommu in IOMMU_DEVICES:
+        dev = IOMMU_DEVICES[vm.iommu]
+        cmd += ["-device", f"{dev},{vm.iommu_options}" if vm.iommu_options else dev]
+    cmd += [
+        "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot,addr=0x2",
+        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=net0,addr=0x3",
+    ]  # fmt: skip
+    for dev in vm.devices:
+        qid = f"dev{dev.slot}"
+        if dev.hotplug:
+            port = f"rp{dev.slot}"
+            cmd += [
+                "-device",
+                f"pcie-root-port,id={port},chassis={dev.slot},slot={dev.slot},addr={dev.slot:#x}",
+            ]
+            where = f"bus={port}"
+        else:
+            where = f"addr={dev.slot:#x}"
+        if dev.model == "nvme":
+            cmd += ["-drive", f"driver=null-co,read-zeroes=on,if=none,id=drv{dev.slot}"]
+            cmd += ["-device", f"nvme,id={qid},{where},drive=drv{dev.slot},serial=hil{dev.slot}"]
+        else:
+            cmd += ["-device", f"{dev.model},id={qid},{where}"]
+    return cmd + list(vm.qemu_args)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0).
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+class VirtualRack:
+    """Boots, inspects and stops the virtual hosts of an inventory."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        home: Path | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.inventory = inventory
+        self.home = home or default_home()
+        self.log = log
+        self.kernels = KernelCache(self.home / "kernels", log)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def virtual_hosts(self, names: Iterable[str] | None = None) -> list[Host]:
+        """The inventory's virtual hosts, optionally limited to ``names``."""
+        hosts = [h for h in self.inventory.hosts.values() if h.virtual]
+        if names is not None:
+            wanted = set(names)
+            unknown = wanted - {h.name for h in hosts}
+            if unknown:
+                names = ", ".join(sorted(unknown))
+                raise RackError(f"not a virtual host of the inventory: {names}")
+            hosts = [h for h in hosts if h.name in wanted]
+        return hosts
+
+    def state_dir(self, host: str) -> Path:
+        """The directory holding one machine's runtime state."""
+        return self.home / "racks" / host
+
+    def status(self, host: Host) -> VmStatus:
+        """Whether ``host`` runs, and how to reach it."""
+        state = self.state_dir(host.name)
+        pid = self._pid(state)
+        meta = self._meta(state)
+        running = pid is not None
+        stale = False
+        if running and meta.get("host_vars_digest") != self._vars_digest(host):
+            stale = True
+        return VmStatus(
+            host=host.name,
+            running=running,
+            pid=pid,
+            ssh_port=meta.get("ssh_port") if running else None,
+            accel=meta.get("accel") if running else None,
+            console=state / "console.log",
+            stale=stale,
+        )
+
+    def ssh_target(self, host: str) -> SshTarget:
+        """The SSH coordinates of a running machine."""
+        state = self.state_dir(host)
+        meta = self._meta(state)
+        if not meta or self._pid(state) is None:
+            raise RackError(f"virtual host {host} is not running (vfio-hil rack up)")
+        return SshTarget(
+            alias=host,
+            hostname="127.0.0.1",
+            port=int(meta["ssh_port"]),
+            user="root",
+            key=self.home / "racks" / "id_ed25519",
+            ssh_config=state / "ssh_config",
+        )
+
+    def qemu_version(self, host: str) -> str:
+        """QEMU's version, asked over QMP."""
+        reply = self.qmp(host, "query-version")
+        q = reply["qemu"]
+        return f"{q['major']}.{q['minor']}.{q['micro']}"
+
+    def qmp(self, host: str, command: str, **args: object) -> dict:
+        """Run one QMP command on a machine and return its result."""
+        sock = self.state_dir(host) / "qmp.sock"
+        mon = QEMUMonitorProtocol(str(sock))
+        try:
+            mon.connect()
+            reply = mon.cmd_raw(command, args or None)
+        except OSError as exc:
+            raise RackError(f"QMP {command} on {host}: {exc}") from None
+        finally:
+            mon.close()
+        if "error" in reply:
+            raise RackError(f"QMP {command} on {host}: {reply['error'].get('desc')}")
+        return reply.get("return", {})
+
+    # -- up / down -----------------------------------------------------------------------
+
+    def up(self, names: Iterable[str] | None = None) -> list[VmStatus]:
+        """Boot every (selected) virtual host that is not running; return their status.
+
+        A machine whose inventory variables changed since it booted is restarted. If any
+        machine fails to boot, the ones this call started are stopped again.
+        """
+        hosts = self.virtual_hosts(names)
+        started: list[Host] = []
+        try:
+            for host in hosts:
+                st = self.status(host)
+                if st.running and not st.stale:
+                    continue
+                if st.stale:
+                    self.log(f"{host.name}: inventory changed since boot, restarting")
+                    self._stop(host.name)
+                self._boot(host)
+                started.append(host)
+            return [self.status(h) for h in hosts]
+        except BaseException:
+            for host in started:
+                self._stop(host.name)
+            raise
+
+    def down(self, names: Iterable[str] | None = None) -> list[str]:
+        """Stop every (selected) running virtual host; return the names stopped."""
+        stopped = []
+        for host in self.virtual_hosts(names):
+            if self._pid(self.state_dir(host.name)) is not None:
+                self._stop(host.name)
+                stopped.append(host.name)
+        return stopped
+
+    # -- internals -----------------------------------------------------------------------
+
+    @staticmethod
+    def _meta(state: Path) -> dict:
+        try:
+            return json.loads((state / "meta.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _pid(state: Path) -> int | None:
+        try:
+            pid = int((state / "qemu.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    @staticmethod
+    def _vars_digest(host: Host) -> str:
+        blob = json.dumps(asdict(host.vm) if host.vm else {}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _ensure_keys(self, state: Path) -> None:
+        racks = self.home / "racks"
+        key = racks / "id_ed25519"
+        if not key.exists():
+            racks.mkdir(parents=True, exist_ok=True)
+            self._keygen(key, "vfio-hil rack")
+        host_key = state / "ssh_host_ed25519_key"
+        if not host_key.exists():
+            self._keygen(host_key, "vfio-hil dut")
+
+    @staticmethod
+    def _keygen(path: Path, comment: str) -> None:
+        try:
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+                check=True,
+                capture_output=True,
+            )
+        except FileNotFoundError:
+            raise RackError("ssh-keygen is not installed (apt package openssh-client)") from None
+
+    def _write_ssh_files(self, host: str, state: Path, port: int) -> None:
+        key = self.home / "racks" / "id_ed25519"
+        (state / "authorized_keys").write_text((key.with_suffix(".pub")).read_text())
+        (state / "sshd_config").write_text(
+            "\n".join(
+                [
+                    "Port 22",
+                    f"HostKey {state / 'ssh_host_ed25519_key'}",
+                    f"AuthorizedKeysFile {state / 'authorized_keys'}",
+                    "PermitRootLogin prohibit-password",
+                    # root's password is locked on the shared root; PAM accepts a key login.
+                    "UsePAM yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    # The rack state may live below a group-writable directory.
+                    "StrictModes no",
+                    "UseDNS no",
+                    "PidFile /run/sshd.pid",
+                    "Subsystem sftp internal-sftp",
+                    "",
+                ]
+            )
+        )
+        pub = (state / "ssh_host_ed25519_key.pub").read_text().split()
+        (state / "known_hosts").write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+        (state / "ssh_config").write_text(
+            "\n".join(
+                [
+                    f"Host {host}",
+                    "  HostName 127.0.0.1",
+                    f"  Port {port}",
+                    "  User root",
+                    f"  IdentityFile {key}",
+                    "  IdentitiesOnly yes",
+                    f"  UserKnownHostsFile {state / 'known_hosts'}",
+                    "  StrictHostKeyChecking yes",
+                    "  LogLevel ERROR",
+                    "  ConnectTimeout 20",
+                    "  ServerAliveInterval 15",
+                    "",
+                ]
+            )
+        )
+
+    def accel(self) -> str:
+        """``kvm`` when a KVM guest boots on this machine, else ``tcg``. Probed once, cached.
+
+        ``VFIO_HIL_ACCEL`` forces one. The probe boots the initramfs alone, which powers off
+        at once; a KVM that fails or hangs falls back to TCG.
+        """
+        forced = os.environ.get("VFIO_HIL_ACCEL")
+        if forced in ("kvm", "tcg"):
+            return forced
+        cache = self.home / "accel.json"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return str(json.loads(cache.read_text())["accel"])
+        accel = "tcg"
+        if os.access("/dev/kvm", os.R_OK | os.W_OK):
+            kernel = self.kernels.get(self._first_kernel())
+            try:
+                proc = subprocess.run(
+                    [QEMU, "-nodefaults", "-no-reboot", "-display", "none",
+                     "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "256",
+                     "-serial", "stdio", "-kernel", str(kernel.vmlinuz),
+                     "-initrd", str(kernel.initrd), "-append", "console=ttyS0 vfiohil.probe=1"],
+                    capture_output=True, text=True, timeout=30, check=False,
+                )  # fmt: skip
+                if "VFIOHIL-PROBE-OK" in proc.stdout:
+                    accel = "kvm"
+            except subprocess.TimeoutExpired:
+                pass
+        self.log(f"accelerator: {accel} (probed; set VFIO_HIL_ACCEL to force)")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"accel": accel}))
+        return accel
+
+    def _first_kernel(self) -> str:
+        for host in self.virtual_hosts():
+            assert host.vm is not None
+            return host.vm.kernel
+        raise RackError("the inventory has no virtual host")
+
+    def _boot(self, host: Host) -> None:
+        assert host.vm is not None
+        if any(c.isspace() for c in str(self.home)):
+            raise RackError(f"VFIO_HIL_HOME {self.home} holds white space; pick another path")
+        state = self.state_dir(host.name)
+        state.mkdir(parents=True, exist_ok=True)
+        for name in ("qemu.pid", "qmp.sock", "console.log", "meta.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (state / name).unlink()
+        kernel = self.kernels.get(host.vm.kernel)
+        accel = self.accel()
+        self._ensure_keys(state)
+        port = _free_port()
+        self._write_ssh_files(host.name, state, port)
+        cmd = qemu_command(host, kernel, state, port, accel)
+        (state / "qemu.cmdline").write_text(" ".join(cmd) + "\n")
+        self.log(
+            f"{host.name}: booting ({accel}, {host.vm.iommu} IOMMU, kernel {kernel.release}, "
+            f"{len(host.vm.devices)} test devices)"
+        )
+        start = time.monotonic()
+        with open(state / "qemu.log", "w") as err:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
+            )
+        meta = {
+            "ssh_port": port,
+            "accel": accel,
+            "kernel": kernel.package,
+            "kernel_release": kernel.release,
+            "host_vars_digest": self._vars_digest(host),
+        }
+        (state / "meta.json").write_text(json.dumps(meta))
+        try:
+            self._wait_ready(host.name, proc, state, start)
+        except BaseException:
+            self._kill(proc.pid)
+            raise
+        self.log(f"{host.name}: up in {time.monotonic() - start:.1f} s, ssh 127.0.0.1:{port}")
+
+    def _wait_ready(self, host: str, proc: subprocess.Popen, state: Path, start: float) -> None:
+        console = state / "console.log"
+        next_note = start + 30
+        while True:
+            if proc.poll() is not None:
+                err = (state / "qemu.log").read_text().strip().splitlines()
+                reason = err[-1] if err else f"exit status {proc.returncode}"
+                raise RackError(f"{host}: QEMU exited during boot: {reason} (console: {console})")
+            text = console.read_text(errors="replace") if console.exists() else ""
+            if "VFIOHIL-BOOT-FAILED" in text:
+                line = text.split("VFIOHIL-BOOT-FAILED:", 1)[1].splitlines()[0].strip()
+                raise RackError(f"{host}: guest boot failed: {line} (console: {console})")
+            if "VFIOHIL-READY" in text and self._ssh_ok(host, state):
+                return
+            now = time.monotonic()
+            if now - start > BOOT_TIMEOUT_S:
+                raise RackError(
+                    f"{host}: not reachable over SSH {BOOT_TIMEOUT_S:.0f} s after QEMU started "
+                    f"(console: {console})"
+                )
+            if now > next_note:
+                self.log(f"{host}: still booting ({now - start:.0f} s)")
+                next_note = now + 30
+            time.sleep(1.0)
+
+    @staticmethod
+    def _ssh_ok(host: str, state: Path) -> bool:
+        proc = subprocess.run(
+            ["ssh", "-F", str(state / "ssh_config"), "-o", "BatchMode=yes", host, "true"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        return proc.returncode == 0
+
+    def _stop(self, host: str) -> None:
+        state = self.state_dir(host)
+        pid = self._pid(state)
+        if pid is None:
+            return
+        with contextlib.suppress(RackError):
+            self.qmp(host, "quit")
+        self._kill(pid)
+        self.log(f"{host}: stopped")
+
+    @staticmethod
+    def _kill(pid: int) -> None:
+        deadline = time.monotonic() + 10
+        sig = signal.SIGTERM
+        while _pid_alive(pid):
+            if time.monotonic() > deadline:
+                sig = signal.SIGKILL
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.2)

@@ -1,0 +1,78 @@
+"""Run folders, result records and the report writers.
+
+A run writes ``reports/<run-id>/`` with ``results.json`` (``{"run": {...}, "results": [...]}``),
+``junit.xml``, ``allure-results/`` and the Ansible artifacts, and points ``reports/latest`` at
+it. Verdicts: PASS, FAIL (the platform or device broke a guarantee), SKIP (not applicable, with
+a reason), ERROR (the harness or the lab broke).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+VERDICTS = ("PASS", "FAIL", "SKIP", "ERROR")
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: ``20261124-134700-1a2b``."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def prepare_run_dir(reports: Path, run_id: str) -> Path:
+    """Create ``reports/<run_id>`` and point ``reports/latest`` at it."""
+    run_dir = reports / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    latest = reports / "latest"
+    tmp = reports / f".latest-{run_id}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(run_id)
+    os.replace(tmp, latest)
+    return run_dir
+
+
+def write_results(run_dir: Path, run: dict[str, Any], results: list[dict[str, Any]]) -> Path:
+    """Write ``results.json`` atomically and return its path."""
+    ordered = sorted(results, key=lambda r: (r["check_id"], r["host"] or "", r["device_key"]))
+    for rec in ordered:
+        rec.pop("device_key", None)
+    run = {**run, "counts": verdict_counts(ordered)}
+    path = run_dir / "results.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"run": run, "results": ordered}, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def verdict_counts(results: list[dict[str, Any]]) -> dict[str, int]:
+    """How many records carry each verdict (every verdict listed, zeros included)."""
+    counts = Counter(r["verdict"] for r in results)
+    return {v: counts.get(v, 0) for v in VERDICTS}
+
+
+def summary_table(results: list[dict[str, Any]], results_path: Path | None) -> str:
+    """The human summary printed at the end of a run."""
+    rows = [("CHECK", "HOST", "DEVICE", "VERDICT", "REASON")]
+    for r in sorted(results, key=lambda r: (r["check_id"], r["host"] or "", r["device_key"])):
+        dev = r["device"]["bdf"] if r.get("device") else "-"
+        reason = r["reason"] if r["verdict"] != "PASS" else ""
+        rows.append((r["check_id"], r["host"] or "-", dev, r["verdict"], reason[:90]))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+        for row in rows
+    ]
+    counts = verdict_counts(results)
+    lines.append("")
+    lines.append("verdicts: " + ", ".join(f"{counts[v]} {v}" for v in VERDICTS))
+    if results_path is not None:
+        lines.append(f"report:   {results_path.parent}")
+    return "\n".join(line.rstrip() for line in lines)

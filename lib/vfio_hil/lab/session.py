@@ -1,0 +1,166 @@
+"""A lab session: the hosts of one run, provisioned on first use and restored at the end.
+
+Plain Python, usable without pytest::
+
+    with Lab.open("inventory/virtual.yml", work_dir=Path("/tmp/run")) as lab:
+        host = lab.host("vdut0")
+        with lab.lease(host.devices[0]) as dev:
+            print(dev.call("probes.config_ids", bdf=dev.bdf))
+
+Nothing here is a module-level singleton: a pytest-xdist worker owns its own Lab, and a
+device is held through an explicit lease (an exclusive lock shared by every process on the
+controller).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vfio_hil.lab.channel import DutChannel, LocalDutChannel, SshDutChannel
+from vfio_hil.lab.errors import HilError
+from vfio_hil.lab.inventory import DutDevice, Host, Inventory, load_inventory
+from vfio_hil.lab.provision import Provisioner
+from vfio_hil.lab.rack import VirtualRack
+
+
+@dataclass
+class HostSession:
+    """A provisioned DUT host: its platform facts and an open channel."""
+
+    host: Host
+    platform: dict[str, Any]
+    channel: DutChannel
+    devices: list[DutDevice] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The inventory name of the host."""
+        return self.host.name
+
+    def call(self, func: str, **kwargs: Any) -> Any:
+        """Run a DUT-side function on this host."""
+        return self.channel.call(func, **kwargs)
+
+
+@dataclass
+class DeviceLease:
+    """Exclusive use of one device under test for the life of the lease."""
+
+    device: DutDevice
+    host: HostSession
+
+    @property
+    def bdf(self) -> str:
+        """The device's PCI address on its host."""
+        return self.device.bdf
+
+    def call(self, func: str, **kwargs: Any) -> Any:
+        """Run a DUT-side function on the device's host."""
+        return self.host.call(func, **kwargs)
+
+
+class Lab:
+    """The hosts of an inventory for one run."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        work_dir: Path,
+        rack: VirtualRack | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.inventory = inventory
+        self.work_dir = work_dir
+        self.log = log
+        self.rack = rack or VirtualRack(inventory, log=log)
+        self.provisioner = Provisioner(inventory, self.rack, work_dir / "ansible", log)
+        self._hosts: dict[str, HostSession] = {}
+        self._failed: dict[str, HilError] = {}
+        # Hosts whose setup started: close() restores them even when setup failed halfway.
+        self._touched: set[str] = set()
+
+    @classmethod
+    def open(cls, inventory: str | Path, work_dir: Path, **kwargs: Any) -> Lab:
+        """A lab over the inventory file at ``inventory``."""
+        return cls(load_inventory(inventory), work_dir, **kwargs)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def host(self, name: str) -> HostSession:
+        """The provisioned session of host ``name``: boots it (virtual rack) and runs setup
+        on first use. A host whose setup failed fails again at once with the same error."""
+        if name in self._hosts:
+            return self._hosts[name]
+        if name in self._failed:
+            raise self._failed[name]
+        host = self.inventory.hosts[name]
+        try:
+            if host.virtual:
+                self.rack.up([name])
+            platform = self._setup(host)
+            channel = self._open_channel(host)
+        except HilError as exc:
+            self._failed[name] = exc
+            raise
+        session = HostSession(host=host, platform=platform, channel=channel, devices=host.devices)
+        self._hosts[name] = session
+        return session
+
+    def _setup(self, host: Host) -> dict[str, Any]:
+        self._touched.add(host.name)
+        platform = self.provisioner.setup(host)
+        if host.virtual:
+            platform["qemu_version"] = self.rack.qemu_version(host.name)
+            platform["accel"] = self.rack.status(host).accel
+        return platform
+
+    def _open_channel(self, host: Host) -> DutChannel:
+        if host.vars.get("ansible_connection") == "local":
+            return LocalDutChannel(host.name)
+        if host.virtual:
+            target = self.rack.ssh_target(host.name)
+            return SshDutChannel(host.name, str(target.ssh_config))
+        return SshDutChannel(
+            host.name,
+            str(host.vars.get("vfio_hil_ssh_config", "~/.ssh/config")),
+            python=str(host.vars.get("ansible_python_interpreter", "/usr/bin/python3")),
+        )
+
+    @contextlib.contextmanager
+    def lease(self, device: DutDevice) -> Iterator[DeviceLease]:
+        """Hold ``device`` exclusively (across processes on this controller)."""
+        session = self.host(device.host)
+        locks = self.rack.home / "leases"
+        locks.mkdir(parents=True, exist_ok=True)
+        path = locks / f"{device.host}_{device.bdf.replace(':', '-')}.lock"
+        with open(path, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield DeviceLease(device=device, host=session)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close every channel and give every device back to its original driver."""
+        errors = []
+        for session in self._hosts.values():
+            with contextlib.suppress(HilError):
+                session.channel.close()
+        for name in sorted(self._touched):
+            try:
+                self.provisioner.teardown(self.inventory.hosts[name])
+            except HilError as exc:
+                errors.append(str(exc))
+        self._hosts.clear()
+        self._touched.clear()
+        if errors:
+            raise HilError("; ".join(errors))
