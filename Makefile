@@ -14,8 +14,11 @@ DEB_PACKAGES := qemu-system-x86 busybox-static openssh-client openssh-server kmo
 run: deps
 	$(BIN)/vfio-hil run $(ARGS)
 
+# Lint, then the unit tests (no VM), then the end-to-end tests on the virtual rack.
 test: deps
-	bash .ci/run-tests
+	$(BIN)/ruff check lib fixtures conformance tests
+	$(BIN)/pytest tests/unit -q
+	$(BIN)/pytest tests/e2e -q
 
 unit: deps
 	$(BIN)/pytest tests/unit -q

@@ -41,15 +41,17 @@ def prepare_run_dir(reports: Path, run_id: str) -> Path:
 
 def write_results(run_dir: Path, run: dict[str, Any], results: list[dict[str, Any]]) -> Path:
     """Write ``results.json`` atomically and return its path."""
-    ordered = sorted(results, key=lambda r: (r["check_id"], r["host"] or "", r["device_key"]))
-    for rec in ordered:
-        rec.pop("device_key", None)
+    ordered = sorted(results, key=_order)
     run = {**run, "counts": verdict_counts(ordered)}
     path = run_dir / "results.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"run": run, "results": ordered}, indent=2, sort_keys=False))
     os.replace(tmp, path)
     return path
+
+
+def _order(record: dict[str, Any]) -> tuple[str, str, str]:
+    return (record["check_id"], record["host"] or "", (record["device"] or {}).get("bdf", ""))
 
 
 def verdict_counts(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -61,7 +63,7 @@ def verdict_counts(results: list[dict[str, Any]]) -> dict[str, int]:
 def summary_table(results: list[dict[str, Any]], results_path: Path | None) -> str:
     """The human summary printed at the end of a run."""
     rows = [("CHECK", "HOST", "DEVICE", "VERDICT", "REASON")]
-    for r in sorted(results, key=lambda r: (r["check_id"], r["host"] or "", r["device_key"])):
+    for r in sorted(results, key=_order):
         dev = r["device"]["bdf"] if r.get("device") else "-"
         reason = r["reason"] if r["verdict"] != "PASS" else ""
         rows.append((r["check_id"], r["host"] or "-", dev, r["verdict"], reason[:90]))

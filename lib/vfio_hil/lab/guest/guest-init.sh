@@ -24,6 +24,9 @@ hostname "$NAME"
 echo "$NAME" > /etc/hostname
 mkdir -p /run/root-home
 sed -i 's#^root:\([^:]*\):0:0:\([^:]*\):[^:]*:#root:\1:0:0:\2:/run/root-home:#' /etc/passwd
+# Coldplug, as udev would: load the driver of every PCI device, so devices start on the
+# driver a normal host gives them (NVMe on nvme) and vfio-hil must give them back to it.
+cat /sys/bus/pci/devices/*/modalias | sort -u | xargs modprobe -q -a 2>/dev/null
 modprobe virtio_net
 ip link set lo up
 iface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)

@@ -1,0 +1,171 @@
+"""Userspace driver for QEMU's ``edu`` educational PCI device (1234:11e8).
+
+Register map from QEMU ``docs/specs/edu.rst``. Registers below 0x80 only accept 32-bit
+accesses, the DMA registers from 0x80 are 64 bits wide; other widths are silently ignored
+by the device.
+
+Measured on QEMU 7.2, and the reason for the limits enforced here:
+
+* a DMA completes about 100 ms (virtual time) after the command is written;
+* the device masks RAM-side DMA addresses to 28 bits, so IOVAs must stay below 256 MiB;
+* a transfer reaching the last byte of the 4 KiB device buffer fails an off-by-one range
+  check and aborts QEMU, so transfers are capped well below that.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Optional, Type
+
+from .. import uapi
+from ..device import Device
+
+EDU_VENDOR_ID = 0x1234
+EDU_DEVICE_ID = 0x11E8
+#: Value of the identification register: version 1.0, magic 0xed.
+EDU_ID = 0x010000ED
+
+REG_ID = 0x00
+REG_LIVENESS = 0x04
+REG_STATUS = 0x20
+REG_IRQ_STATUS = 0x24
+REG_IRQ_RAISE = 0x60
+REG_IRQ_ACK = 0x64
+REG_DMA_SRC = 0x80
+REG_DMA_DST = 0x88
+REG_DMA_COUNT = 0x90
+REG_DMA_CMD = 0x98
+
+DMA_CMD_START = 1 << 0
+DMA_CMD_TO_RAM = 1 << 1
+DMA_CMD_IRQ = 1 << 2
+#: Bit set in the interrupt status register when a DMA with DMA_CMD_IRQ completes.
+DMA_IRQ = 0x100
+
+#: Device-side address of the device's DMA buffer, and its size.
+DMA_BUFFER_ADDR = 0x40000
+DMA_BUFFER_SIZE = 4096
+#: Largest transfer this driver issues (see the module docstring).
+MAX_DMA_SIZE = 2048
+#: RAM-side DMA addresses must be below this (28-bit DMA mask).
+DMA_IOVA_LIMIT = 1 << 28
+
+
+def check_dma(iova: int, size: int, offset: int = 0) -> None:
+    """Raise ValueError unless the transfer is one this driver can safely issue.
+
+    ``iova`` is the RAM-side address, ``offset`` the position in the device buffer.
+    """
+    if not 1 <= size <= MAX_DMA_SIZE:
+        raise ValueError(f"edu DMA size must be 1..{MAX_DMA_SIZE} bytes, not {size}")
+    # "< DMA_BUFFER_SIZE", not "<=": touching the last byte aborts QEMU 7.2.
+    if offset < 0 or offset + size >= DMA_BUFFER_SIZE:
+        raise ValueError(
+            f"edu DMA of {size} bytes at buffer offset {offset:#x} must stay within the "
+            f"first {DMA_BUFFER_SIZE - 1} bytes of the device buffer"
+        )
+    if iova < 0 or iova + size > DMA_IOVA_LIMIT:
+        raise ValueError(f"edu DMA IOVA range {iova:#x}+{size:#x} is not below {DMA_IOVA_LIMIT:#x}")
+
+
+class Edu:
+    """Driver for one edu device opened through VFIO.
+
+    Turns on bus mastering and maps BAR0. The :class:`Device` stays owned by the caller;
+    closing the driver only unmaps the BAR.
+    """
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        device.enable_bus_master()
+        self.bar = device.map_bar(uapi.VFIO_PCI_BAR0_REGION_INDEX)
+
+    def id(self) -> int:
+        """The identification register (:data:`EDU_ID` on a genuine edu)."""
+        return self.bar.read32(REG_ID)
+
+    def liveness(self, value: int) -> int:
+        """Write ``value`` to the liveness register and return what it reads back.
+
+        A live device returns the bitwise inverse of ``value``.
+        """
+        self.bar.write32(REG_LIVENESS, value)
+        return self.bar.read32(REG_LIVENESS)
+
+    def status(self) -> int:
+        """The status register."""
+        return self.bar.read32(REG_STATUS)
+
+    def irq_status(self) -> int:
+        """The interrupt status register: bits raised and not yet acknowledged."""
+        return self.bar.read32(REG_IRQ_STATUS)
+
+    def raise_irq(self, value: int) -> None:
+        """Set ``value``'s bits in the interrupt status, which fires the interrupt."""
+        self.bar.write32(REG_IRQ_RAISE, value)
+
+    def ack_irq(self, value: int) -> None:
+        """Clear ``value``'s bits in the interrupt status."""
+        self.bar.write32(REG_IRQ_ACK, value)
+
+    def dma_busy(self) -> bool:
+        """True while a DMA is in flight."""
+        return bool(self.bar.read64(REG_DMA_CMD) & DMA_CMD_START)
+
+    def wait_dma(self, timeout_s: float = 5.0) -> None:
+        """Poll until the current DMA completes; TimeoutError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self.dma_busy():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"edu DMA on {self.device.bdf} still running after {timeout_s}s")
+            time.sleep(0.005)
+
+    def _dma(self, src: int, dst: int, size: int, cmd: int, timeout_s: float) -> None:
+        if self.dma_busy():
+            # The device ignores register writes while a DMA runs.
+            raise RuntimeError(f"edu DMA on {self.device.bdf} already in progress")
+        self.bar.write64(REG_DMA_SRC, src)
+        self.bar.write64(REG_DMA_DST, dst)
+        self.bar.write64(REG_DMA_COUNT, size)
+        self.bar.write64(REG_DMA_CMD, cmd | DMA_CMD_START)
+        self.wait_dma(timeout_s)
+
+    def dma_to_device(
+        self, iova: int, size: int, offset: int = 0, irq: bool = False, timeout_s: float = 5.0
+    ) -> None:
+        """Copy ``size`` bytes from RAM at ``iova`` into the device buffer at ``offset``.
+
+        Blocks until the transfer completes. With ``irq`` the device also raises
+        :data:`DMA_IRQ` on completion.
+        """
+        check_dma(iova, size, offset)
+        cmd = DMA_CMD_IRQ if irq else 0
+        self._dma(iova, DMA_BUFFER_ADDR + offset, size, cmd, timeout_s)
+
+    def dma_from_device(
+        self, iova: int, size: int, offset: int = 0, irq: bool = False, timeout_s: float = 5.0
+    ) -> None:
+        """Copy ``size`` bytes from the device buffer at ``offset`` to RAM at ``iova``.
+
+        Blocks until the transfer completes. With ``irq`` the device also raises
+        :data:`DMA_IRQ` on completion.
+        """
+        check_dma(iova, size, offset)
+        cmd = DMA_CMD_TO_RAM | (DMA_CMD_IRQ if irq else 0)
+        self._dma(DMA_BUFFER_ADDR + offset, iova, size, cmd, timeout_s)
+
+    def close(self) -> None:
+        """Unmap BAR0. Idempotent; the device stays open."""
+        self.bar.close()
+
+    def __enter__(self) -> Edu:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Code the controller runs on the device under test (stdlib + cffi only)."""

@@ -1,0 +1,259 @@
+#!/usr/bin/python3
+"""Ansible module: report a DUT's IOMMU / VFIO platform state (read-only).
+
+The logic lives in plain functions taking a ``root`` path so the unit tests
+can run them against a fake sysfs tree without Ansible.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any
+
+DOCUMENTATION = r"""
+module: vfio_hil_facts
+short_description: Report IOMMU, interrupt remapping and VFIO state of a DUT
+description:
+  - Reads sysfs, procfs and the kernel log. Never changes anything.
+  - Returns the result under the top-level key C(platform), not as ansible_facts.
+options:
+  devices:
+    description:
+      - PCI addresses (C(0000:00:04.0) or C(00:04.0)) that must be present.
+      - The module fails, naming every missing one, when any is absent.
+    type: list
+    elements: str
+    required: false
+"""
+
+EXAMPLES = r"""
+- name: platform facts
+  vfio_hil_facts:
+    devices: ["0000:00:04.0", "0000:00:06.0"]
+"""
+
+RETURN = r"""
+platform:
+  description: >-
+    kernel_release, kernel_cmdline, iommu {kind, units, translation,
+    group_count, default_domain_types}, interrupt_remapping {enabled,
+    evidence}, iommu_groups, devices, vfio_params, vfio_loaded, dev_vfio.
+  returned: always
+  type: dict
+"""
+
+BDF_RE = re.compile(
+    r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):"
+    r"(?P<slot>[0-9a-fA-F]{2})\.(?P<func>[0-7])$"
+)
+VFIO_MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci", "vfio_pci_core")
+MAX_EVIDENCE = 10
+
+# Kernel log lines that prove interrupt remapping was switched on
+# (drivers/iommu/intel/irq_remapping.c, drivers/iommu/amd/init.c).
+IR_POSITIVE_RE = re.compile(
+    r"Enabled IRQ remapping in \w+ mode|Interrupt remapping enabled", re.IGNORECASE
+)
+# Lines explaining why it is off; kept as evidence, they never decide.
+IR_MENTION_RE = re.compile(r"(?:irq|interrupt)[ -]remapping", re.IGNORECASE)
+IR_NEGATIVE_RE = re.compile(
+    r"\b(?:disabl\w*|fail\w*|not|no|doesn't|unsupported|erratum)\b", re.IGNORECASE
+)
+# /proc/interrupts chip names such as IR-PCI-MSI, IR-IO-APIC,
+# IR-PCI-MSIX-0000:00:02.0: an "IR-" chip only exists while remapping is live.
+IR_CHIP_RE = re.compile(r"(?<!\S)(IR-\S+)")
+
+
+def normalize_bdf(text: str) -> str:
+    """Return the canonical ``dddd:bb:ss.f`` form of a PCI address.
+
+    Raises ValueError for anything that is not a PCI address.
+    """
+    match = BDF_RE.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a PCI address (expected 0000:00:04.0)")
+    domain = match.group("domain") or "0000"
+    return f"{domain}:{match['bus']}:{match['slot']}.{match['func']}".lower()
+
+
+def read_text(path: str) -> str | None:
+    """Return the stripped content of a file, or None if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def link_name(path: str) -> str | None:
+    """Return the last component of a symlink's target, or None if absent."""
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None
+
+
+def list_dir(path: str) -> list[str]:
+    """Return the sorted entries of a directory, or [] when it is absent."""
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def iommu_kind(units: list[str]) -> str:
+    """Classify the IOMMU from the names of its /sys/class/iommu entries."""
+    if not units:
+        return "none"
+    for prefix, kind in (("dmar", "intel"), ("ivhd", "amd"), ("virtio", "virtio")):
+        if any(unit.startswith(prefix) for unit in units):
+            return kind
+    return "other"
+
+
+def read_iommu_groups(root: str) -> dict[str, list[str]]:
+    """Map each IOMMU group number (as a string) to its member devices."""
+    base = os.path.join(root, "sys/kernel/iommu_groups")
+    groups = [name for name in list_dir(base) if name.isdigit()]
+    return {name: list_dir(os.path.join(base, name, "devices")) for name in sorted(groups, key=int)}
+
+
+def read_iommu(root: str) -> dict[str, Any]:
+    """Describe the IOMMU units and whether DMA goes through translation."""
+    units = list_dir(os.path.join(root, "sys/class/iommu"))
+    groups_dir = os.path.join(root, "sys/kernel/iommu_groups")
+    groups = [name for name in list_dir(groups_dir) if name.isdigit()]
+    domain_types: dict[str, int] = {}
+    for name in groups:
+        # Kernels before 5.11 have no "type" file; their groups still imply a
+        # translating IOMMU unless booted with iommu=pt, which cannot be told.
+        kind = read_text(os.path.join(groups_dir, name, "type")) or "unknown"
+        domain_types[kind] = domain_types.get(kind, 0) + 1
+    return {
+        "kind": iommu_kind(units),
+        "units": units,
+        "translation": any(kind != "identity" for kind in domain_types),
+        "group_count": len(groups),
+        "default_domain_types": domain_types,
+    }
+
+
+def interrupt_remapping(dmesg_text: str, interrupts_text: str) -> dict[str, Any]:
+    """Decide whether interrupt remapping is on from the kernel log and IRQ chips.
+
+    The kernel log alone is not enough: on long-running hosts the ring buffer
+    has usually wrapped past the boot messages, while /proc/interrupts always
+    shows the live chips.
+    """
+    enabled = False
+    evidence: list[str] = []
+    for line in dmesg_text.splitlines():
+        if IR_POSITIVE_RE.search(line):
+            enabled = True
+            evidence.append(line.strip())
+        elif IR_MENTION_RE.search(line) and IR_NEGATIVE_RE.search(line):
+            evidence.append(line.strip())
+    seen_chips: set[str] = set()
+    for line in interrupts_text.splitlines():
+        chip_match = IR_CHIP_RE.search(line)
+        if chip_match is None or chip_match.group(1) in seen_chips:
+            continue
+        seen_chips.add(chip_match.group(1))
+        enabled = True
+        evidence.append("/proc/interrupts: " + " ".join(line.split()))
+    return {"enabled": enabled, "evidence": evidence[:MAX_EVIDENCE]}
+
+
+def read_devices(root: str) -> dict[str, dict[str, Any]]:
+    """Describe every PCI device: IDs, class, bound driver and IOMMU group."""
+    base = os.path.join(root, "sys/bus/pci/devices")
+    devices: dict[str, dict[str, Any]] = {}
+    for bdf in list_dir(base):
+        path = os.path.join(base, bdf)
+        pci_class = read_text(os.path.join(path, "class"))
+        group = link_name(os.path.join(path, "iommu_group"))
+        devices[bdf] = {
+            "vendor": read_text(os.path.join(path, "vendor")),
+            "device": read_text(os.path.join(path, "device")),
+            "class": pci_class,
+            "driver": link_name(os.path.join(path, "driver")),
+            "iommu_group": int(group) if group is not None and group.isdigit() else None,
+            "is_bridge": (pci_class or "").lower().startswith("0x0604"),
+        }
+    return devices
+
+
+def read_vfio_params(root: str) -> dict[str, str | None]:
+    """Read every VFIO module parameter as ``module.param`` -> value.
+
+    Write-only parameters read back as None.
+    """
+    params: dict[str, str | None] = {}
+    for module in VFIO_MODULES:
+        base = os.path.join(root, "sys/module", module, "parameters")
+        for name in list_dir(base):
+            params[f"{module}.{name}"] = read_text(os.path.join(base, name))
+    return params
+
+
+def gather_platform(root: str = "/", dmesg_text: str = "") -> dict[str, Any]:
+    """Collect the whole ``platform`` result from a (possibly fake) root."""
+    interrupts = read_text(os.path.join(root, "proc/interrupts")) or ""
+    return {
+        "kernel_release": read_text(os.path.join(root, "proc/sys/kernel/osrelease")),
+        "kernel_cmdline": read_text(os.path.join(root, "proc/cmdline")),
+        "iommu": read_iommu(root),
+        "interrupt_remapping": interrupt_remapping(dmesg_text, interrupts),
+        "iommu_groups": read_iommu_groups(root),
+        "devices": read_devices(root),
+        "vfio_params": read_vfio_params(root),
+        "vfio_loaded": os.path.isdir(os.path.join(root, "sys/module/vfio")),
+        "dev_vfio": list_dir(os.path.join(root, "dev/vfio")),
+    }
+
+
+def missing_devices(requested: list[str], present: dict[str, Any]) -> list[str]:
+    """Return the requested addresses (normalized) that are not present."""
+    return sorted({normalize_bdf(bdf) for bdf in requested} - set(present))
+
+
+def missing_message(missing: list[str], host: str) -> str:
+    """Build the one-line failure message naming every missing device."""
+    if len(missing) == 1:
+        return f"device {missing[0]} is not present on {host}"
+    return f"devices {', '.join(missing)} are not present on {host}"
+
+
+def main() -> None:
+    """Run as an Ansible module."""
+    # Imported here so the unit tests can load this file without Ansible.
+    from ansible.module_utils.basic import AnsibleModule
+
+    module = AnsibleModule(
+        argument_spec={"devices": {"type": "list", "elements": "str"}},
+        supports_check_mode=True,
+    )
+    dmesg_text = ""
+    dmesg = module.get_bin_path("dmesg")
+    if dmesg is None:
+        module.warn("dmesg not found; interrupt remapping judged from /proc/interrupts only")
+    else:
+        rc, out, err = module.run_command([dmesg])
+        if rc == 0:
+            dmesg_text = out
+        else:
+            module.warn(f"dmesg failed (rc={rc}): {err.strip()}")
+    platform = gather_platform("/", dmesg_text)
+    try:
+        missing = missing_devices(module.params["devices"] or [], platform["devices"])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc), platform=platform)
+    if missing:
+        module.fail_json(msg=missing_message(missing, socket.gethostname()), platform=platform)
+    module.exit_json(changed=False, platform=platform)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""A fake sysfs/procfs tree for the Ansible modules' unit tests.
+
+It keeps sysfs' layout under a temporary root, and its writer plays the
+kernel's part for bind, unbind, drivers_probe and driver_override writes by
+moving the device's driver symlink.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+
+class FakeSysfs:
+    """A sysfs/procfs tree under a temporary root, with a kernel-like writer."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pci = root / "sys/bus/pci"
+        for path in ("sys/bus/pci/devices", "sys/bus/pci/drivers", "sys/kernel/iommu_groups"):
+            (root / path).mkdir(parents=True)
+        (self.pci / "drivers_probe").write_text("")
+        self.writes: list[tuple[str, str]] = []
+        # Driver each device gets from drivers_probe when no override is set.
+        self.natural: dict[str, str] = {}
+        # Drivers whose probe fails, to exercise the verification paths.
+        self.refusing: set[str] = set()
+
+    def add_driver(self, name: str) -> None:
+        """Register a PCI driver directory with its bind/unbind files."""
+        path = self.pci / "drivers" / name
+        path.mkdir(exist_ok=True)
+        (path / "bind").write_text("")
+        (path / "unbind").write_text("")
+
+    def add_device(
+        self,
+        bdf: str,
+        *,
+        vendor: str = "0x1234",
+        device: str = "0x11e8",
+        pci_class: str = "0x00ff00",
+        group: int | None = None,
+        driver: str | None = None,
+    ) -> None:
+        """Add a PCI device, optionally in an IOMMU group and bound to a driver."""
+        path = self.pci / "devices" / bdf
+        path.mkdir()
+        (path / "vendor").write_text(vendor + "\n")
+        (path / "device").write_text(device + "\n")
+        (path / "class").write_text(pci_class + "\n")
+        (path / "driver_override").write_text("(null)\n")
+        if group is not None:
+            group_dir = self.root / "sys/kernel/iommu_groups" / str(group)
+            (group_dir / "devices").mkdir(parents=True, exist_ok=True)
+            (group_dir / "type").write_text("DMA\n")
+            (group_dir / "devices" / bdf).symlink_to(path)
+            (path / "iommu_group").symlink_to(group_dir)
+        if driver is not None:
+            self.add_driver(driver)
+            self.natural[bdf] = driver
+            self._link(bdf, driver)
+
+    def driver_of(self, bdf: str) -> str | None:
+        """The driver a device is bound to, as the kernel would show it."""
+        link = self.pci / "devices" / bdf / "driver"
+        return os.path.basename(os.readlink(link)) if link.is_symlink() else None
+
+    def override_of(self, bdf: str) -> str:
+        """The raw driver_override content of a device."""
+        return (self.pci / "devices" / bdf / "driver_override").read_text().strip()
+
+    def _link(self, bdf: str, driver: str) -> None:
+        (self.pci / "devices" / bdf / "driver").symlink_to(self.pci / "drivers" / driver)
+
+    def _probe(self, bdf: str, driver: str) -> None:
+        if driver in self.refusing:
+            raise OSError(errno.ENODEV, "probe failed")
+        self._link(bdf, driver)
+
+    def write(self, path: str, value: str) -> None:
+        """Apply a sysfs write the way the kernel would."""
+        self.writes.append((path, value))
+        parts = Path(path).relative_to(self.pci).parts
+        if parts[0] == "devices" and parts[2] == "driver_override":
+            override = value.strip() or "(null)"
+            (self.pci / "devices" / parts[1] / "driver_override").write_text(override + "\n")
+        elif parts[0] == "drivers" and parts[2] == "unbind":
+            if self.driver_of(value) != parts[1]:
+                raise OSError(errno.ENODEV, "not bound to this driver")
+            (self.pci / "devices" / value / "driver").unlink()
+        elif parts[0] == "drivers" and parts[2] == "bind":
+            override = self.override_of(value)
+            if self.driver_of(value) is not None:
+                raise OSError(errno.EBUSY, "already bound")
+            if override != "(null)" and override != parts[1]:
+                raise OSError(errno.ENODEV, "driver_override does not match")
+            self._probe(value, parts[1])
+        elif parts == ("drivers_probe",):
+            if self.driver_of(value) is not None:
+                return
+            override = self.override_of(value)
+            target = override if override != "(null)" else self.natural.get(value)
+            if target is not None and (self.pci / "drivers" / target).is_dir():
+                try:
+                    self._probe(value, target)
+                except OSError:
+                    # drivers_probe swallows probe failures; the device stays unbound.
+                    return
+        else:
+            raise AssertionError(f"unexpected sysfs write to {path}")
