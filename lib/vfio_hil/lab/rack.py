@@ -220,10 +220,12 @@ class VirtualRack:
         try:
             mon.connect()
             reply = mon.cmd_raw(command, args or None)
-        except OSError as exc:
-            raise RackError(f"QMP {command} on {host}: {exc}") from None
+        except (OSError, EOFError) as exc:
+            raise RackError(f"QMP {command} on {host}: {exc or 'connection closed'}") from None
         finally:
-            mon.close()
+            # After `quit` QEMU closes the socket under us: nothing left to say goodbye to.
+            with contextlib.suppress(OSError, EOFError):
+                mon.close()
         if "error" in reply:
             raise RackError(f"QMP {command} on {host}: {reply['error'].get('desc')}")
         return reply.get("return", {})

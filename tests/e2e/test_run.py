@@ -1,0 +1,93 @@
+"""The walking skeleton end to end: the real rack, real Ansible over SSH, real VFIO ioctls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rackutil import (
+    E2E_INVENTORY,
+    CliRun,
+    dut_shell,
+    interrupt_cli_when,
+    pci_drivers,
+    run_cli,
+)
+from vfio_hil.lab.rack import VirtualRack
+
+pytestmark = pytest.mark.e2e
+
+SKELETON_CHECKS = {"PLAT-001", "PLAT-002", "GRP-001", "CFG-001", "MMIO-001", "DMA-001", "IRQ-001"}
+RECORD_FIELDS = {"check_id", "verdict", "reason", "host", "device", "platform", "duration_s"}
+
+
+@pytest.fixture(scope="module")
+def suite_run(e2e_rack: VirtualRack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One `vfio-hil run` over both e2e hosts, with the PCI drivers before and after."""
+    hosts = ["e2e-intel", "e2e-nointremap"]
+    before = {h: pci_drivers(e2e_rack, h) for h in hosts}
+    run = run_cli(["run", "--inventory", str(E2E_INVENTORY)], tmp_path_factory.mktemp("reports"))
+    after = {h: pci_drivers(e2e_rack, h) for h in hosts}
+    return {"run": run, "before": before, "after": after}
+
+
+def _records(run: CliRun, host: str) -> list[dict[str, Any]]:
+    return [r for r in run.results["results"] if r["host"] == host]
+
+
+def test_conformant_host_passes_every_skeleton_check(suite_run: dict[str, Any]) -> None:
+    records = _records(suite_run["run"], "e2e-intel")
+    assert {r["check_id"] for r in records} == SKELETON_CHECKS
+    bad = [
+        (r["check_id"], r["device"], r["verdict"], r["reason"])
+        for r in records
+        if r["verdict"] != "PASS"
+    ]
+    assert not bad
+    # Per device: 2 host checks, GRP and CFG on all 5 devices, MMIO/DMA/IRQ on the 3 edus.
+    assert len(records) == 2 + 2 * 5 + 3 * 3
+    for r in records:
+        assert set(r) >= RECORD_FIELDS
+        assert r["platform"]["iommu"] == "intel"
+        assert r["platform"]["qemu_version"].startswith("7.")
+        assert r["platform"]["kernel_release"]
+
+
+def test_missing_interrupt_remapping_fails_plat_002(suite_run: dict[str, Any]) -> None:
+    run = suite_run["run"]
+    records = {r["check_id"]: r for r in _records(run, "e2e-nointremap") if not r["device"]}
+    assert records["PLAT-001"]["verdict"] == "PASS"
+    assert records["PLAT-002"]["verdict"] == "FAIL"
+    assert "interrupt remapping" in records["PLAT-002"]["reason"]
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "verdicts:" in run.stdout and str(run.reports) in run.stdout
+
+
+def test_report_folder(suite_run: dict[str, Any]) -> None:
+    run = suite_run["run"]
+    latest = (run.reports / "latest").resolve()
+    assert (latest / "junit.xml").is_file()
+    assert any((latest / "allure-results").glob("*-result.json"))
+    assert any((latest / "ansible" / "artifacts").glob("setup-e2e-intel/stdout"))
+    assert run.results["run"]["counts"]["FAIL"] >= 1
+
+
+def test_devices_back_on_their_drivers_after_the_run(suite_run: dict[str, Any]) -> None:
+    assert suite_run["after"] == suite_run["before"]
+    # The NVMe starts on nvme (coldplug) and went through vfio-pci and back.
+    assert suite_run["before"]["e2e-intel"]["0000:00:06.0"] == "nvme"
+
+
+def test_sigint_restores_every_device(e2e_rack: VirtualRack, tmp_path: Path) -> None:
+    before = pci_drivers(e2e_rack, "e2e-intel")
+
+    def bound() -> bool:
+        return pci_drivers(e2e_rack, "e2e-intel").get("0000:00:06.0") == "vfio-pci"
+
+    run = interrupt_cli_when(
+        ["run", "--inventory", str(E2E_INVENTORY), "--", "-k", "e2e-intel"], tmp_path, bound
+    )
+    assert run.returncode == 130, run.stderr[-2000:]
+    assert pci_drivers(e2e_rack, "e2e-intel") == before
+    assert dut_shell(e2e_rack, "e2e-intel", "ls /var/lib/vfio-hil/").split() == ["vfio_hil_dut.zip"]
