@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from rackutil import E2E_INVENTORY
+
 from vfio_hil.lab.inventory import load_inventory
 from vfio_hil.lab.rack import VirtualRack
 

@@ -14,6 +14,7 @@ from rackutil import (
     pci_drivers,
     run_cli,
 )
+
 from vfio_hil.lab.rack import VirtualRack
 
 pytestmark = pytest.mark.e2e

@@ -96,6 +96,12 @@ class VmDevice:
     model: str
     slot: int
     hotplug: bool = False
+    function: int = 0
+
+    @property
+    def qemu_id(self) -> str:
+        """The QEMU device id (``dev<slot>``, ``dev<slot>f<function>``): QMP names it so."""
+        return f"dev{self.slot}" + (f"f{self.function}" if self.function else "")
 
 
 @dataclass(frozen=True)
@@ -255,10 +261,21 @@ def _vm_spec(hvars: dict[str, Any]) -> VmSpec:
         slot = entry["slot"]
         if not isinstance(slot, int) or not 3 <= slot <= 0x1E:
             raise ValueError(f"vm_devices[{i}]: slot must be an integer from 3 to 30")
-        devices.append(VmDevice(str(entry["model"]), slot, bool(entry.get("hotplug", False))))
-    slots = [d.slot for d in devices]
-    if len(set(slots)) != len(slots):
-        raise ValueError("vm_devices: two devices share a slot")
+        function = entry.get("function", 0)
+        if not isinstance(function, int) or not 0 <= function <= 7:
+            raise ValueError(f"vm_devices[{i}]: function must be an integer from 0 to 7")
+        hotplug = bool(entry.get("hotplug", False))
+        if hotplug and function:
+            raise ValueError(f"vm_devices[{i}]: a hotplug device sits at function 0")
+        devices.append(VmDevice(str(entry["model"]), slot, hotplug, function))
+    places = [(d.slot, d.function) for d in devices]
+    if len(set(places)) != len(places):
+        raise ValueError("vm_devices: two devices share a slot and function")
+    for d in devices:
+        if d.function and (d.slot, 0) not in places:
+            raise ValueError(f"vm_devices: slot {d.slot} has function {d.function} but no 0")
+        if d.hotplug and any(o.slot == d.slot and o is not d for o in devices):
+            raise ValueError(f"vm_devices: hotplug slot {d.slot} holds other functions")
     options = hvars.get("vm_iommu_options")
     return VmSpec(
         iommu=iommu,
@@ -275,16 +292,16 @@ def _vm_spec(hvars: dict[str, Any]) -> VmSpec:
 def vm_dut_devices(host: str, vm: VmSpec) -> list[DutDevice]:
     """The guest PCI addresses of a VM's devices.
 
-    Devices on the root complex sit at ``00:<slot>.0``. A hotplug device sits behind its own
-    root port; the guest firmware numbers those buses in slot order from 1.
+    Devices on the root complex sit at ``00:<slot>.<function>``. A hotplug device sits behind
+    its own root port; the guest firmware numbers those buses in slot order from 1.
     """
     result = []
     bus = 0
-    for dev in sorted(vm.devices, key=lambda d: d.slot):
+    for dev in sorted(vm.devices, key=lambda d: (d.slot, d.function)):
         if dev.hotplug:
             bus += 1
             bdf = f"0000:{bus:02x}:00.0"
         else:
-            bdf = f"0000:00:{dev.slot:02x}.0"
-        result.append(DutDevice(host=host, bdf=bdf, model=dev.model, qemu_id=f"dev{dev.slot}"))
+            bdf = f"0000:00:{dev.slot:02x}.{dev.function}"
+        result.append(DutDevice(host=host, bdf=bdf, model=dev.model, qemu_id=dev.qemu_id))
     return result

@@ -105,6 +105,9 @@ class Provisioner:
             quiet=True,
             rotate_artifacts=0,
         )
+        if result.status == "canceled":
+            # ansible-runner swallows Ctrl-C and cancels the play: pass it on to our caller.
+            raise KeyboardInterrupt
         tasks: dict[str, Any] = {}
         failure = None
         for event in result.events:

@@ -102,8 +102,9 @@ def qemu_command(
         "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", "virtio-net-pci,netdev=net0,addr=0x3",
     ]  # fmt: skip
+    multifunction = {d.slot for d in vm.devices if d.function}
     for dev in vm.devices:
-        qid = f"dev{dev.slot}"
+        qid = dev.qemu_id
         if dev.hotplug:
             port = f"rp{dev.slot}"
             cmd += [
@@ -112,10 +113,12 @@ def qemu_command(
             ]
             where = f"bus={port}"
         else:
-            where = f"addr={dev.slot:#x}"
+            where = f"addr={dev.slot:#x}.{dev.function:#x}"
+            if dev.function == 0 and dev.slot in multifunction:
+                where += ",multifunction=on"
         if dev.model == "nvme":
-            cmd += ["-drive", f"driver=null-co,read-zeroes=on,if=none,id=drv{dev.slot}"]
-            cmd += ["-device", f"nvme,id={qid},{where},drive=drv{dev.slot},serial=hil{dev.slot}"]
+            cmd += ["-drive", f"driver=null-co,read-zeroes=on,if=none,id=drv{qid}"]
+            cmd += ["-device", f"nvme,id={qid},{where},drive=drv{qid},serial=hil{qid}"]
         else:
             cmd += ["-device", f"{dev.model},id={qid},{where}"]
     return cmd + list(vm.qemu_args)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vfio_hil.lab.channel import DutChannel, LocalDutChannel, SshDutChannel
+from vfio_hil.lab.channel import DutChannel, DutVfioError, LocalDutChannel, SshDutChannel
 from vfio_hil.lab.errors import HilError
 from vfio_hil.lab.inventory import DutDevice, Host, Inventory, load_inventory
 from vfio_hil.lab.provision import Provisioner
@@ -36,6 +36,8 @@ class HostSession:
     platform: dict[str, Any]
     channel: DutChannel
     devices: list[DutDevice] = field(default_factory=list)
+    _attach_probed: bool = False
+    _attach_refusal: str | None = None
 
     @property
     def name(self) -> str:
@@ -45,6 +47,37 @@ class HostSession:
     def call(self, func: str, **kwargs: Any) -> Any:
         """Run a DUT-side function on this host."""
         return self.channel.call(func, **kwargs)
+
+    def vfio_unusable(self, bdf: str) -> str | None:
+        """Why VFIO cannot drive ``bdf`` on this platform at all, or None when it can.
+
+        Covers what platform checks report (no IOMMU group, interrupt remapping missing), so
+        device checks can SKIP there instead of FAILing for a guarantee not theirs.
+        """
+        facts = self.platform.get("devices", {}).get(bdf)
+        if facts is None:
+            return f"{bdf} is not present on {self.name}"
+        if facts.get("iommu_group") is None:
+            return f"{bdf} is in no IOMMU group: no working IOMMU on {self.name} (PLAT-001)"
+        if facts.get("driver") != "vfio-pci":
+            return f"{bdf} is not bound to vfio-pci (driver: {facts.get('driver')})"
+        if not self._attach_probed:
+            self._attach_refusal = self._probe_attach(bdf)
+            self._attach_probed = True
+        return self._attach_refusal
+
+    def _probe_attach(self, bdf: str) -> str | None:
+        try:
+            self.call("probes.group_attach", bdf=bdf)
+        except DutVfioError as exc:
+            # type1 refuses an IOMMU without interrupt remapping unless unsafe interrupts
+            # are allowed: that is PLAT-002's finding. Any other refusal is the check's own.
+            if exc.ioctl == "VFIO_SET_IOMMU" and exc.errno == 1:
+                return (
+                    f"VFIO_SET_IOMMU refused with EPERM on {self.name}: no interrupt "
+                    "remapping and unsafe interrupts not allowed (PLAT-002)"
+                )
+        return None
 
 
 @dataclass

@@ -55,6 +55,7 @@ def test_setup_checks_devices_first_and_ends_with_platform_facts() -> None:
         {
             "devices": "{{ vfio_hil_device_bdfs }}",
             "state": "bound",
+            "skip_ungrouped": True,
             "journal": "{{ vfio_hil_state_dir }}/bindings.json",
         },
     )

@@ -64,6 +64,7 @@ def test_bound_records_originals_before_changing(
             NVME: {"original_driver": "nvme", "driver": "vfio-pci"},
         },
         "groups": {EDU: 3, NVME: 5},
+        "ungrouped": [],
     }
     assert vm_sysfs.driver_of(EDU) == vm_sysfs.driver_of(NVME) == "vfio-pci"
     assert vm_sysfs.override_of(NVME) == "vfio-pci"
@@ -311,3 +312,19 @@ def test_unknown_journal_format_is_refused(bind_mod: ModuleType, journal: Path) 
 
     with pytest.raises(bind_mod.BindError, match="unknown format"):
         bind_mod.load_journal(str(journal))
+
+
+def test_ungrouped_devices_are_skipped_when_asked(
+    bind_mod: ModuleType, vm_sysfs: FakeSysfs, journal: Path
+) -> None:
+    vm_sysfs.add_device("0000:00:09.0")
+    result = bind_mod.bind_devices(
+        ["0000:00:09.0", EDU],
+        str(journal),
+        root=str(vm_sysfs.root),
+        writer=vm_sysfs.write,
+        skip_ungrouped=True,
+    )
+    assert result["ungrouped"] == ["0000:00:09.0"]
+    assert "0000:00:09.0" not in result["bindings"]
+    assert result["bindings"][EDU]["driver"] == "vfio-pci"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from vfio_hil.lab.errors import InventoryError
 from vfio_hil.lab.inventory import DEFAULT_INVENTORY, load_inventory, normalize_bdf
 

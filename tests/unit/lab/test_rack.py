@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from vfio_hil.lab.errors import RackError
 from vfio_hil.lab.inventory import load_inventory
 from vfio_hil.lab.kernel import KernelImage, initramfs_module_order
@@ -36,9 +37,9 @@ def test_default_machine(tmp_path: Path) -> None:
     assert "-device intel-iommu,intremap=on,caching-mode=on" in line
     assert "hostfwd=tcp:127.0.0.1:2222-:22" in line
     assert "intel_iommu=on" in cmd[cmd.index("-append") + 1]
-    assert "edu,id=dev4,addr=0x4" in line and "edu,id=dev5,addr=0x5" in line
-    assert "nvme,id=dev6,addr=0x6,drive=drv6" in line
-    assert "pci-testdev,id=dev7,addr=0x7" in line
+    assert "edu,id=dev4,addr=0x4.0x0" in line and "edu,id=dev5,addr=0x5.0x0" in line
+    assert "nvme,id=dev6,addr=0x6.0x0,drive=drvdev6" in line
+    assert "pci-testdev,id=dev7,addr=0x7.0x0" in line
     assert "pcie-root-port,id=rp8" in line and "edu,id=dev8,bus=rp8" in line
     assert f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off" in line
 
@@ -76,3 +77,14 @@ def test_module_order_puts_dependencies_first(tmp_path: Path) -> None:
     assert len(order) == len(set(order)) == 5
     with pytest.raises(RackError, match="no module virtio_pci"):
         initramfs_module_order(mods, ("virtio_pci",))
+
+
+def test_multifunction_slot(tmp_path: Path) -> None:
+    host = host_from(
+        tmp_path,
+        "          vm_devices: [{model: edu, slot: 9}, {model: edu, slot: 9, function: 1}]\n",
+    )
+    line = " ".join(qemu_command(host, kernel(tmp_path), tmp_path, 1, "tcg"))
+    assert "edu,id=dev9,addr=0x9.0x0,multifunction=on" in line
+    assert "edu,id=dev9f1,addr=0x9.0x1" in line
+    assert [d.bdf for d in host.devices] == ["0000:00:09.0", "0000:00:09.1"]

@@ -40,6 +40,11 @@ options:
     description: Where the original bindings are recorded.
     type: path
     default: /var/lib/vfio-hil/bindings.json
+  skip_ungrouped:
+    description: Leave devices that are in no IOMMU group alone (listed in C(ungrouped))
+      instead of failing; the checks then report the platform.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -202,14 +207,22 @@ def sysfs_write(writer: Writer, path: str, value: str, bdf: str) -> None:
         ) from exc
 
 
-def check_requested(root: str, devices: list[str]) -> dict[str, int]:
-    """Validate the requested devices and return each one's IOMMU group."""
+def check_requested(
+    root: str, devices: list[str], skip_ungrouped: bool = False
+) -> tuple[dict[str, int], list[str]]:
+    """Validate the requested devices; return each one's IOMMU group, and the devices in no
+    group (those are an error unless ``skip_ungrouped``: then they are left alone, and the
+    checks report the platform)."""
     host = socket.gethostname()
     groups: dict[str, int] = {}
+    ungrouped: list[str] = []
     for bdf in devices:
         if not os.path.isdir(device_dir(root, bdf)):
             raise BindError(f"device {bdf} is not present on {host}")
         group = iommu_group(root, bdf)
+        if group is None and skip_ungrouped:
+            ungrouped.append(bdf)
+            continue
         if group is None:
             raise BindError(
                 f"device {bdf} has no IOMMU group: the IOMMU is off or absent on {host} "
@@ -218,7 +231,7 @@ def check_requested(root: str, devices: list[str]) -> dict[str, int]:
         if is_bridge(root, bdf):
             raise BindError(f"device {bdf} is a PCI bridge; vfio-pci cannot bind bridges")
         groups[bdf] = group
-    return groups
+    return groups, ungrouped
 
 
 def ensure_vfio_driver(root: str, load_driver: Loader | None) -> None:
@@ -258,14 +271,15 @@ def bind_devices(
     root: str = "/",
     writer: Writer = write_sysfs,
     load_driver: Loader | None = None,
+    skip_ungrouped: bool = False,
 ) -> dict[str, Any]:
     """Bind ``devices`` and the rest of their IOMMU groups to vfio-pci.
 
     ``load_driver(name)`` is called to load vfio-pci when its driver directory
-    is missing. Returns {"changed", "bindings", "groups"}; raises BindError.
+    is missing. Returns {"changed", "bindings", "groups", "ungrouped"}; raises BindError.
     """
     requested = sorted({normalize_bdf(bdf) for bdf in devices})
-    requested_groups = check_requested(root, requested)
+    requested_groups, ungrouped = check_requested(root, requested, skip_ungrouped)
     ensure_vfio_driver(root, load_driver)
 
     groups: dict[str, int] = {}
@@ -295,7 +309,7 @@ def bind_devices(
             "original_driver": journal[bdf]["original_driver"],
             "driver": current_driver(root, bdf),
         }
-    return {"changed": changed, "bindings": bindings, "groups": groups}
+    return {"changed": changed, "bindings": bindings, "groups": groups, "ungrouped": ungrouped}
 
 
 def restore_device(root: str, bdf: str, entry: dict[str, str | None], writer: Writer) -> None:
@@ -374,6 +388,7 @@ def main() -> None:
             "devices": {"type": "list", "elements": "str"},
             "state": {"type": "str", "choices": ["bound", "restored"], "default": "bound"},
             "journal": {"type": "path", "default": DEFAULT_JOURNAL},
+            "skip_ungrouped": {"type": "bool", "default": False},
         },
         required_if=[("state", "bound", ["devices"])],
     )
@@ -384,7 +399,12 @@ def main() -> None:
     params = module.params
     try:
         if params["state"] == "bound":
-            result = bind_devices(params["devices"], params["journal"], load_driver=modprobe)
+            result = bind_devices(
+                params["devices"],
+                params["journal"],
+                load_driver=modprobe,
+                skip_ungrouped=params["skip_ungrouped"],
+            )
         else:
             result = restore_devices(params["journal"])
     except (BindError, OSError) as exc:
