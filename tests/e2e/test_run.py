@@ -46,8 +46,8 @@ def test_conformant_host_passes_every_skeleton_check(suite_run: dict[str, Any]) 
         if r["verdict"] != "PASS"
     ]
     assert not bad
-    # Per device: 2 host checks, GRP and CFG on all 5 devices, MMIO/DMA/IRQ on the 3 edus.
-    assert len(records) == 2 + 2 * 5 + 3 * 3
+    # 2 host checks, GRP and CFG on all 7 devices, MMIO/DMA/IRQ on the 5 edus.
+    assert len(records) == 2 + 2 * 7 + 3 * 5
     for r in records:
         assert set(r) >= RECORD_FIELDS
         assert r["platform"]["iommu"] == "intel"

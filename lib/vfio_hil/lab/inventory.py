@@ -49,13 +49,16 @@ DEVICE_MODELS: dict[str, DeviceModel] = {
 }
 
 # The default virtual DUT: two edu devices in their own IOMMU groups, an NVMe controller on a
-# null drive, a pci-testdev, and an edu behind a PCIe root port (a hotpluggable slot).
+# null drive, a pci-testdev, an edu behind a PCIe root port (a hotpluggable slot), and two edu
+# functions of one multi-function slot, which share an IOMMU group (they have no ACS).
 DEFAULT_VM_DEVICES: list[dict[str, Any]] = [
     {"model": "edu", "slot": 4},
     {"model": "edu", "slot": 5},
     {"model": "nvme", "slot": 6},
     {"model": "pci-testdev", "slot": 7},
     {"model": "edu", "slot": 8, "hotplug": True},
+    {"model": "edu", "slot": 9},
+    {"model": "edu", "slot": 9, "function": 1},
 ]
 
 _BDF = re.compile(r"^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])$")

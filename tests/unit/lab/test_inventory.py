@@ -16,7 +16,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_default_inventory_is_one_virtual_host_with_five_devices() -> None:
+def test_default_inventory_is_one_virtual_host_with_seven_devices() -> None:
     inv = load_inventory(DEFAULT_INVENTORY)
     host = inv.hosts["vdut0"]
     assert host.virtual and host.vm is not None
@@ -28,6 +28,8 @@ def test_default_inventory_is_one_virtual_host_with_five_devices() -> None:
         ("0000:00:06.0", "nvme"),
         ("0000:00:07.0", "pci-testdev"),
         ("0000:01:00.0", "edu"),
+        ("0000:00:09.0", "edu"),
+        ("0000:00:09.1", "edu"),
     ]
 
 
