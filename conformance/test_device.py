@@ -18,6 +18,8 @@ EDU_ID = 0x010000ED
     spec=f"{VFIO_RST}: VFIO Usage Example; include/uapi/linux/vfio.h VFIO_GROUP_GET_STATUS",
 )
 def test_group_viable_and_attaches(dut_device: DeviceLease) -> None:
+    """A group is usable only when every member is owned by a VFIO-compatible driver; once
+    viable it must attach to a container and accept the type1v2 IOMMU model."""
     r = dut_device.call("probes.group_attach", bdf=dut_device.bdf)
     assert r["viable"], f"group {r['group']} of {dut_device.bdf} is not viable"
     assert r["container_set"], f"group {r['group']} did not report its container as set"
@@ -31,6 +33,8 @@ def test_group_viable_and_attaches(dut_device: DeviceLease) -> None:
     spec="include/uapi/linux/vfio.h VFIO_PCI_CONFIG_REGION_INDEX",
 )
 def test_config_ids(dut_device: DeviceLease) -> None:
+    """The config region is VFIO's virtualized view of config space: the identity fields pass
+    through unchanged, so userspace drivers can match the device they opened."""
     r = dut_device.call("probes.config_ids", bdf=dut_device.bdf)
     got = (r["vendor"], r["device"])
     sysfs = (r["sysfs_vendor"], r["sysfs_device"])
@@ -51,6 +55,8 @@ def test_config_ids(dut_device: DeviceLease) -> None:
     needs=("edu",),
 )
 def test_edu_mmio(dut_device: DeviceLease) -> None:
+    """BAR access through mmap of the region is the fast path of every userspace driver: reads
+    and writes must reach the device's registers, not a copy."""
     r = dut_device.call("probes.edu_mmio", bdf=dut_device.bdf)
     assert r["id"] == EDU_ID, f"edu ID register reads {r['id']:#010x}, expected {EDU_ID:#010x}"
     expected = ~r["liveness_written"] & 0xFFFFFFFF
@@ -68,6 +74,8 @@ def test_edu_mmio(dut_device: DeviceLease) -> None:
     needs=("edu", "dma"),
 )
 def test_edu_dma_roundtrip(dut_device: DeviceLease) -> None:
+    """Mapped IOVAs must translate to the buffers userspace pinned: data the device reads from
+    one mapping and writes to another arrives byte for byte."""
     r = dut_device.call("probes.edu_dma_roundtrip", bdf=dut_device.bdf, size=1024)
     assert r["match"], (
         f"{r['mismatched_bytes']} of {r['size']} bytes differ after the DMA round trip "
@@ -83,5 +91,7 @@ def test_edu_dma_roundtrip(dut_device: DeviceLease) -> None:
     needs=("edu", "msi"),
 )
 def test_edu_msi(dut_device: DeviceLease) -> None:
+    """Interrupts reach userspace through eventfds: one MSI raised by the device is exactly one
+    count, neither lost nor duplicated."""
     r = dut_device.call("probes.edu_msi", bdf=dut_device.bdf)
     assert r["count"] == 1, f"the MSI eventfd counted {r['count']} interrupts for one raise"

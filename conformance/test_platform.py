@@ -15,6 +15,8 @@ VFIO_RST = "Documentation/driver-api/vfio.rst"
     spec=f"{VFIO_RST}: Groups, Devices, and IOMMUs",
 )
 def test_iommu_enabled(dut_host: HostSession) -> None:
+    """Without a translating IOMMU, VFIO cannot confine a device's DMA: the group is the
+    unit of isolation, so every device handed to userspace must sit in one."""
     iommu = dut_host.platform["iommu"]
     assert iommu["kind"] != "none", f"no IOMMU on {dut_host.name}: /sys/class/iommu is empty"
     assert iommu["translation"], (
@@ -33,6 +35,8 @@ def test_iommu_enabled(dut_host: HostSession) -> None:
     spec=f"{VFIO_RST}: VFIO Usage Example (allow_unsafe_interrupts); vfio_iommu_type1",
 )
 def test_interrupt_remapping(dut_host: HostSession) -> None:
+    """Without interrupt remapping a device can write an MSI message that targets any vector
+    of the host; type1 refuses such platforms unless allow_unsafe_interrupts is set."""
     remap = dut_host.platform["interrupt_remapping"]
     evidence = "; ".join(remap.get("evidence", [])[:3]) or "no remapping message in the kernel log"
     assert remap["enabled"], (

@@ -2,6 +2,7 @@
 
     vfio-hil run [--inventory FILE] [--reports DIR] [--keep-rack] [-- PYTEST ARGS]
     vfio-hil rack up|down|status [--inventory FILE] [HOST ...]
+    vfio-hil checks list [--json]
 
 Exit status: 0 all checks PASS or SKIP; 1 a check FAILed or ERRORed; 2 bad input (inventory,
 options, a device that is not there); 3 the lab broke (rack boot, provisioning); 130 Ctrl-C.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -50,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     rack.add_argument("action", choices=("up", "down", "status"))
     rack.add_argument("--inventory", type=Path, default=DEFAULT_INVENTORY)
     rack.add_argument("hosts", nargs="*", help="limit to these hosts")
+    checks = sub.add_parser("checks", help="the check catalogue")
+    checks.add_argument("action", choices=("list",))
+    checks.add_argument("--json", action="store_true", help="one JSON object per check")
     return p
 
 
@@ -59,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "rack":
             return rack_command(args.action, load_inventory(args.inventory), args.hosts or None)
+        if args.command == "checks":
+            return checks_command(args.json)
         return run_command(args)
     except HilError as exc:
         print(f"vfio-hil: error: {exc}", file=sys.stderr)
@@ -84,6 +91,15 @@ def rack_command(action: str, inventory: Inventory, hosts: list[str] | None) -> 
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def checks_command(as_json: bool) -> int:
+    """``vfio-hil checks list [--json]``."""
+    from vfio_hil_pytest.catalogue import catalogue_table, load_catalogue
+
+    checks = load_catalogue()
+    print(json.dumps(checks, indent=2) if as_json else catalogue_table(checks))
     return 0
 
 

@@ -7,6 +7,7 @@ download`` and unpacked into the cache. A second boot of the same kernel does no
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import lzma
@@ -84,10 +85,32 @@ class KernelCache:
             initrd=base / "vfio-hil-initrd.gz",
         )
 
+    def _apt_options(self, release: str) -> list[str]:
+        """apt options for packages of ``release`` (e.g. ``bookworm-backports``).
+
+        The controller's apt configuration is left alone: a private view lists only that
+        suite, from the Debian mirror the controller already uses.
+        """
+        if not release:
+            return []
+        view = self.root / "apt" / release
+        for d in ("lists/partial", "cache/archives/partial"):
+            (view / d).mkdir(parents=True, exist_ok=True)
+        uri, keyring = debian_mirror()
+        (view / "sources.list").write_text(f"deb [signed-by={keyring}] {uri} {release} main\n")
+        opts = [
+            f"-oDir::Etc::SourceList={view / 'sources.list'}",
+            "-oDir::Etc::SourceParts=/dev/null",
+            f"-oDir::State::Lists={view / 'lists'}",
+            f"-oDir::Cache={view / 'cache'}",
+        ]
+        if not any((view / "lists").glob("*Packages*")):
+            self.log(f"fetching the package lists of {release}")
+            _run(["apt-get", *opts, "update", "-q"], f"apt-get update for {release}")
+        return opts
+
     def _apt_cache_depends(self, name: str, release: str) -> str:
-        cmd = ["apt-cache", "depends", name]
-        if release:
-            cmd[1:1] = ["-t", release]
+        cmd = ["apt-cache", *self._apt_options(release), "depends", name]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         return proc.stdout if proc.returncode == 0 else ""
 
@@ -97,7 +120,7 @@ class KernelCache:
             if re.match(r"^linux-image-\d", name) and not name.endswith("-unsigned"):
                 return name
             out = self._apt_cache_depends(name, release)
-            if not out and not self._apt_updated:
+            if not out and not release and not self._apt_updated:
                 self.log("apt lists do not know the kernel package yet: running apt-get update")
                 _run(["apt-get", "update", "-q"], "apt-get update")
                 self._apt_updated = True
@@ -114,9 +137,15 @@ class KernelCache:
         dest = self.root / package
         with tempfile.TemporaryDirectory(prefix="vfio-hil-kernel-") as tmp:
             self.log(f"downloading kernel package {package} from the Debian archive")
-            target = f"{package}/{release}" if release else package
             _run(
-                ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", target],
+                [
+                    "apt-get",
+                    *self._apt_options(release),
+                    "download",
+                    "-q",
+                    "-oAPT::Sandbox::User=root",
+                    package,
+                ],
                 f"download of {package}",
                 cwd=Path(tmp),
             )
@@ -165,6 +194,32 @@ class KernelCache:
             if cpio.returncode != 0:
                 raise RackError(f"initramfs for {image.release}: busybox cpio failed")
             image.initrd.write_bytes(gzip.compress(cpio.stdout, compresslevel=1))
+
+
+def debian_mirror() -> tuple[str, str]:
+    """The Debian archive URI the controller's apt uses for its own release, and its keyring."""
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    codename = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("VERSION_CODENAME="):
+                codename = line.split("=", 1)[1].strip('"')
+    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    for path in sources:
+        for stanza in path.read_text().split("\n\n"):
+            fields = dict(
+                line.split(":", 1) for line in stanza.splitlines() if ":" in line and line[0] != "#"
+            )
+            suites = fields.get("Suites", "").split()
+            if codename in suites and "URIs" in fields:
+                return fields["URIs"].split()[0], fields.get("Signed-By", keyring).strip()
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.is_file():
+        for line in legacy.read_text().splitlines():
+            parts = re.sub(r"\[[^]]*\]", "", line).split()
+            if len(parts) >= 3 and parts[0] == "deb" and parts[2] == codename:
+                return parts[1], keyring
+    raise RackError(f"no Debian mirror for {codename or 'this release'} in the apt sources")
 
 
 def initramfs_module_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[str]:
