@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--inventory", type=Path, default=DEFAULT_INVENTORY)
     run.add_argument("--reports", type=Path, default=Path("reports"))
     run.add_argument("--keep-rack", action="store_true", help="leave booted VMs running")
+    run.add_argument("--limit", help="only these hosts (comma-separated)")
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     rack = sub.add_parser("rack", help="boot, stop or show the virtual rack")
     rack.add_argument("action", choices=("up", "down", "status"))
@@ -115,8 +116,11 @@ def _sigint_ignored() -> Iterator[None]:
 
 def run_command(args: argparse.Namespace) -> int:
     """``vfio-hil run``: boot what is needed, preflight, run pytest, restore, report."""
-    inventory = load_inventory(args.inventory)
+    limit = args.limit.split(",") if args.limit else None
+    inventory = load_inventory(args.inventory).limited(limit)
     pytest_args = [a for a in args.pytest_args if a != "--"]
+    if limit:
+        pytest_args += ["--vfio-limit", args.limit]
     rack = VirtualRack(inventory, log=log)
     virtual = [h.name for h in rack.virtual_hosts()]
     booted = [h for h in virtual if not rack.status(inventory.hosts[h]).running]

@@ -147,6 +147,15 @@ class Inventory:
         """Every device under test, in inventory order."""
         return [d for h in self.hosts.values() for d in h.devices]
 
+    def limited(self, names: list[str] | None) -> Inventory:
+        """The inventory reduced to the hosts ``names`` (all when None)."""
+        if not names:
+            return self
+        unknown = sorted(set(names) - set(self.hosts))
+        if unknown:
+            raise InventoryError(f"inventory {self.path}: no host {', '.join(unknown)}")
+        return Inventory(self.path, {n: h for n, h in self.hosts.items() if n in names})
+
 
 def load_inventory(path: str | Path) -> Inventory:
     """Read and validate an Ansible YAML inventory; raise InventoryError naming the problem."""

@@ -54,6 +54,9 @@ class HostSession:
         Covers what platform checks report (no IOMMU group, interrupt remapping missing), so
         device checks can SKIP there instead of FAILing for a guarantee not theirs.
         """
+        iommu = self.platform.get("iommu", {})
+        if iommu.get("kind") == "none" or not iommu.get("translation"):
+            return f"no translating IOMMU on {self.name} (PLAT-001)"
         facts = self.platform.get("devices", {}).get(bdf)
         if facts is None:
             return f"{bdf} is not present on {self.name}"
