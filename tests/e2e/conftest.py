@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from rackutil import E2E_INVENTORY
+from rackutil import E2E_INVENTORY, pci_drivers, run_cli
 
 from vfio_hil.lab.inventory import load_inventory
 from vfio_hil.lab.rack import VirtualRack
@@ -20,3 +21,13 @@ def e2e_rack() -> Iterator[VirtualRack]:
         yield rack
     finally:
         rack.down()
+
+
+@pytest.fixture(scope="session")
+def suite_run(e2e_rack: VirtualRack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One `vfio-hil run` over every e2e platform, with the PCI drivers before and after."""
+    hosts = list(e2e_rack.inventory.hosts)
+    before = {h: pci_drivers(e2e_rack, h) for h in hosts}
+    run = run_cli(["run", "--inventory", str(E2E_INVENTORY)], tmp_path_factory.mktemp("reports"))
+    after = {h: pci_drivers(e2e_rack, h) for h in hosts}
+    return {"run": run, "before": before, "after": after}

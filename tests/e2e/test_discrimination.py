@@ -1,0 +1,94 @@
+"""The suite tells good platforms from bad ones: zero FAIL and zero ERROR where VFIO keeps its
+promises; exactly the checks covering a broken guarantee FAIL where it is broken; and the same
+verdicts run after run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rackutil import E2E_INVENTORY, CliRun, run_cli
+
+pytestmark = pytest.mark.e2e
+
+CONFORMANT = ("e2e-intel", "e2e-amd", "e2e-612")
+
+# Per non-conformant platform: the checks that must FAIL, with a word their reason must hold,
+# and the checks that must PASS. Every other check of the host must SKIP (with a reason).
+BROKEN: dict[str, dict[str, dict[str, str] | set[str]]] = {
+    "e2e-nointremap": {
+        "FAIL": {"PLAT-002": "interrupt remapping"},
+        "PASS": {"PLAT-001"},
+    },
+    "e2e-unsafe": {
+        "FAIL": {"PLAT-002": "interrupt remapping"},
+        "PASS": {"PLAT-001"},
+    },
+    "e2e-noiommu": {
+        "FAIL": {"PLAT-001": "IOMMU", "PLAT-002": "interrupt remapping"},
+        "PASS": set(),
+    },
+    "e2e-noiommu-mode": {
+        "FAIL": {"PLAT-001": "IOMMU", "PLAT-002": "interrupt remapping"},
+        "PASS": set(),
+    },
+}
+
+
+def verdicts(run: CliRun, host: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(check, device) -> record`` of one host."""
+    return {
+        (r["check_id"], (r["device"] or {}).get("bdf", "-")): r
+        for r in run.results["results"]
+        if r["host"] == host
+    }
+
+
+@pytest.mark.parametrize("host", CONFORMANT)
+def test_conformant_platform_has_no_fail_and_no_error(suite_run: dict[str, Any], host: str) -> None:
+    records = verdicts(suite_run["run"], host)
+    assert records, f"no results for {host}"
+    bad = {
+        k: (r["verdict"], r["reason"])
+        for k, r in records.items()
+        if r["verdict"] in ("FAIL", "ERROR")
+    }
+    assert not bad
+    assert sum(r["verdict"] == "PASS" for r in records.values()) >= len(records) // 2
+    skips_without_reason = [
+        k for k, r in records.items() if r["verdict"] == "SKIP" and not r["reason"]
+    ]
+    assert not skips_without_reason
+
+
+@pytest.mark.parametrize("host", sorted(BROKEN))
+def test_broken_platform_fails_exactly_the_covering_checks(
+    suite_run: dict[str, Any], host: str
+) -> None:
+    expected = BROKEN[host]
+    records = verdicts(suite_run["run"], host)
+    got: dict[str, set[str]] = {"PASS": set(), "FAIL": set(), "SKIP": set(), "ERROR": set()}
+    for (check_id, _), r in records.items():
+        got[r["verdict"]].add(check_id)
+    assert got["ERROR"] == set()
+    assert got["FAIL"] == set(expected["FAIL"])
+    assert got["PASS"] == expected["PASS"]
+    assert got["SKIP"] == {c for c, _ in records} - set(expected["FAIL"]) - expected["PASS"]
+    for (check_id, _), r in records.items():
+        if r["verdict"] == "FAIL":
+            word = expected["FAIL"][check_id]  # type: ignore[index]
+            assert word.lower() in r["reason"].lower(), (check_id, r["reason"])
+        if r["verdict"] == "SKIP":
+            assert r["reason"], check_id
+
+
+def test_five_runs_give_identical_verdicts(suite_run: dict[str, Any], tmp_path: Path) -> None:
+    host = "e2e-amd"
+    first = {k: r["verdict"] for k, r in verdicts(suite_run["run"], host).items()}
+    for i in range(4):
+        run = run_cli(
+            ["run", "--inventory", str(E2E_INVENTORY), "--limit", host], tmp_path / f"run{i}"
+        )
+        again = {k: r["verdict"] for k, r in verdicts(run, host).items()}
+        assert again == first, f"run {i + 2} differs: {set(again.items()) ^ set(first.items())}"
