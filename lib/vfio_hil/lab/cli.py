@@ -131,13 +131,13 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         if virtual:
             rack.up(virtual)
-        for host in inventory.hosts.values():
-            log(f"{host.name}: preflight")
-            try:
-                provisioner.preflight(host)
-            except ProvisioningError as exc:
-                # A missing device or an unreachable host is bad input, and nothing changed yet.
-                raise UsageError(str(exc)) from None
+        hosts = list(inventory.hosts.values())
+        log(f"preflight of {', '.join(h.name for h in hosts)}")
+        try:
+            provisioner.preflight(hosts)
+        except ProvisioningError as exc:
+            # A missing device or an unreachable host is bad input, and nothing changed yet.
+            raise UsageError(str(exc)) from None
         cmd = [
             sys.executable, "-m", "pytest", str(CONFORMANCE_DIR),
             "-p", "no:cacheprovider", "-o", "addopts=", "-o", "testpaths=",
@@ -151,8 +151,7 @@ def run_command(args: argparse.Namespace) -> int:
             rc = subprocess.call(cmd)
         if rc not in PYTEST_COMPLETED:
             log(f"pytest ended abnormally (status {rc}): restoring every host")
-            for host in inventory.hosts.values():
-                provisioner.teardown(host)
+            provisioner.teardown(hosts)
         log(f"report: {run_dir}")
     finally:
         if booted and not args.keep_rack:

@@ -70,21 +70,23 @@ class Provisioner:
             )
         return hvars
 
-    def _write_inventory(self, host: Host) -> Path:
-        path = self.work_dir / f"inventory-{host.name}.yml"
-        data = {"all": {"hosts": {host.name: self.host_vars(host)}}}
+    def _write_inventory(self, hosts: list[Host], ident: str) -> Path:
+        path = self.work_dir / f"inventory-{ident}.yml"
+        data = {"all": {"hosts": {h.name: self.host_vars(h) for h in hosts}}}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
-    def run_play(self, host: Host, playbook: str) -> dict[str, Any]:
-        """Run one playbook against one host; return ``{task name: result}`` of its tasks.
+    def run_play(self, hosts: list[Host], playbook: str) -> dict[str, dict[str, Any]]:
+        """Run one playbook against ``hosts`` (in parallel, Ansible forks); return
+        ``{host: {task name: result}}``.
 
         Raises ProvisioningError naming the host, the task and Ansible's message on a failed
         task or an unreachable host.
         """
-        inventory = self._write_inventory(host)
-        ident = f"{playbook.removesuffix('.yml')}-{host.name}"
+        names = [h.name for h in hosts]
+        ident = f"{playbook.removesuffix('.yml')}-{names[0] if len(names) == 1 else 'all'}"
+        inventory = self._write_inventory(hosts, ident)
         env = {
             "ANSIBLE_LIBRARY": str(ANSIBLE_DIR / "library"),
             "ANSIBLE_PIPELINING": "True",
@@ -92,6 +94,7 @@ class Provisioner:
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_SSH_ARGS": "-C -o ControlMaster=auto -o ControlPersist=120s",
             "ANSIBLE_TIMEOUT": "60",
+            "ANSIBLE_FORKS": str(max(5, len(hosts))),
             # ansible-runner starts ansible-playbook by name: use this interpreter's.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
@@ -108,36 +111,42 @@ class Provisioner:
         if result.status == "canceled":
             # ansible-runner swallows Ctrl-C and cancels the play: pass it on to our caller.
             raise KeyboardInterrupt
-        tasks: dict[str, Any] = {}
-        failure = None
+        tasks: dict[str, dict[str, Any]] = {name: {} for name in names}
+        failures = []
         for event in result.events:
             data = event.get("event_data", {})
             kind = event.get("event")
-            if kind == "runner_on_ok":
-                tasks[data.get("task", "")] = data.get("res", {})
-            elif kind in ("runner_on_failed", "runner_on_unreachable") and failure is None:
+            host = data.get("host", "")
+            if kind == "runner_on_ok" and host in tasks:
+                tasks[host][data.get("task", "")] = data.get("res", {})
+            elif kind in ("runner_on_failed", "runner_on_unreachable"):
                 if data.get("ignore_errors"):
                     continue
                 res = data.get("res", {})
                 msg = res.get("msg") or res.get("stderr") or "failed"
-                failure = f"{data.get('task')}: {str(msg).strip().splitlines()[0]}"
-        if failure or result.rc != 0:
+                failures.append(
+                    f"{playbook} on {host}: {data.get('task')}: {str(msg).strip().splitlines()[0]}"
+                )
+        if failures or result.rc != 0:
             log = self.work_dir / "artifacts" / ident / "stdout"
-            reason = failure or f"ansible-playbook exit status {result.rc}"
-            raise ProvisioningError(f"{playbook} on {host.name}: {reason} (log: {log})")
+            reason = "; ".join(failures) or f"{playbook}: ansible-playbook exit status {result.rc}"
+            raise ProvisioningError(f"{reason} (log: {log})")
         return tasks
 
-    def preflight(self, host: Host) -> dict[str, Any]:
-        """Gather platform facts and check that every device under test is there."""
-        return self.run_play(host, "preflight.yml")["platform facts"]["platform"]
+    def preflight(self, hosts: list[Host]) -> dict[str, dict[str, Any]]:
+        """Gather platform facts of ``hosts`` and check that every device under test is there;
+        return ``{host: platform facts}``."""
+        plays = self.run_play(hosts, "preflight.yml")
+        return {name: tasks["platform facts"]["platform"] for name, tasks in plays.items()}
 
     def setup(self, host: Host) -> dict[str, Any]:
         """Deploy the DUT library and bind the devices' IOMMU groups to vfio-pci; return the
         platform facts gathered afterwards."""
         self.log(f"{host.name}: provisioning (setup.yml: bind {len(host.devices)} devices)")
-        return self.run_play(host, "setup.yml")["platform facts"]["platform"]
+        return self.run_play([host], "setup.yml")[host.name]["platform facts"]["platform"]
 
-    def teardown(self, host: Host) -> dict[str, Any]:
-        """Give every device bound by setup back to its original driver."""
-        tasks = self.run_play(host, "teardown.yml")
-        return tasks.get("restore devices", {})
+    def teardown(self, hosts: list[Host]) -> dict[str, dict[str, Any]]:
+        """Give every device bound by setup back to its original driver; return
+        ``{host: restore result}``."""
+        plays = self.run_play(hosts, "teardown.yml")
+        return {name: tasks.get("restore devices", {}) for name, tasks in plays.items()}

@@ -191,9 +191,9 @@ class Lab:
         for session in self._hosts.values():
             with contextlib.suppress(HilError):
                 session.channel.close()
-        for name in sorted(self._touched):
+        if self._touched:
             try:
-                self.provisioner.teardown(self.inventory.hosts[name])
+                self.provisioner.teardown([self.inventory.hosts[n] for n in sorted(self._touched)])
             except HilError as exc:
                 errors.append(str(exc))
         self._hosts.clear()
