@@ -56,3 +56,9 @@ $(VENV)/.installed: pyproject.toml
 
 clean:
 	rm -rf $(VENV) build *.egg-info lib/*.egg-info
+
+# DMA map+unmap rates through the core library against the same ioctls in a C loop, measured
+# on a virtual rack DUT (benchmarks/); prints figures, judges nothing.
+.PHONY: bench
+bench: deps
+	$(BIN)/python benchmarks/run_on_rack.py $(ARGS)

@@ -1,11 +1,36 @@
-"""PLAT: the platform under the devices — IOMMU translation and interrupt remapping."""
+"""PLAT: the platform under the devices — IOMMU translation, interrupt remapping, the
+firmware's IOMMU description, unsafe VFIO modes, group membership and idle IOMMU faults."""
 
 from __future__ import annotations
+
+from typing import Any
+
+import pytest
 
 from vfio_hil.lab.session import HostSession
 from vfio_hil_pytest import check
 
 VFIO_RST = "Documentation/driver-api/vfio.rst"
+
+#: Module parameters that switch a VFIO safety guarantee off, and what each one gives up.
+UNSAFE_PARAMS = {
+    "vfio_iommu_type1.allow_unsafe_interrupts": (
+        "type1 attaches groups without interrupt remapping, so a device can forge MSIs"
+    ),
+    "iommufd.allow_unsafe_interrupts": (
+        "iommufd attaches devices without interrupt remapping, so a device can forge MSIs"
+    ),
+    "vfio.enable_unsafe_noiommu_mode": (
+        "VFIO hands devices to userspace with no IOMMU at all (no DMA isolation)"
+    ),
+}
+TRUE_VALUES = ("y", "1", "on", "true")
+#: Drivers that leave a group viable for VFIO (they claim no DMA API ownership): vfio-pci and
+#: its vendor variants, pci-stub, and pcieport on bridges.
+VFIO_FRIENDLY_DRIVERS = ("pci-stub", "pcieport")
+X86 = ("x86_64", "i386", "i686")
+#: The ACPI table that describes each kind of x86 IOMMU.
+IOMMU_TABLES = {"intel": ("DMAR",), "amd": ("IVRS",), "none": ("DMAR", "IVRS")}
 
 
 @check(
@@ -43,3 +68,164 @@ def test_interrupt_remapping(dut_host: HostSession) -> None:
         f"interrupt remapping is not enabled on {dut_host.name} ({evidence}): a device could "
         "forge MSIs, so VFIO needs allow_unsafe_interrupts to attach"
     )
+
+
+def _cmdline_params(cmdline: str) -> dict[str, str]:
+    """``module.param=value`` settings of a kernel command line; the kernel treats ``-`` and
+    ``_`` in parameter names alike."""
+    params = {}
+    for token in cmdline.split():
+        name, sep, value = token.partition("=")
+        if sep and "." in name:
+            params[name.replace("-", "_")] = value
+    return params
+
+
+@check(
+    "PLAT-003",
+    "Unsafe VFIO modes are off: no unsafe interrupts, no no-IOMMU mode",
+    level="MUST",
+    spec=(
+        f"{VFIO_RST}: VFIO Usage Example; drivers/vfio/vfio_iommu_type1.c "
+        "allow_unsafe_interrupts; drivers/vfio/vfio_main.c enable_unsafe_noiommu_mode"
+    ),
+)
+def test_unsafe_modes_off(dut_host: HostSession, evidence: Any) -> None:
+    """allow_unsafe_interrupts lets VFIO attach devices on a platform without interrupt
+    remapping, where a device can forge any MSI; enable_unsafe_noiommu_mode hands devices to
+    userspace with no IOMMU at all. Either turns VFIO's isolation guarantee off for every
+    device on the host, and the kernel only warns once. For a loaded module the check reads
+    the parameter's value (setup facts): a module built without it cannot be unsafe. For a
+    module not loaded yet it reads the kernel command line, which sets the parameter when
+    the module loads."""
+    loaded = dut_host.platform.get("vfio_params", {})
+    cmdline = _cmdline_params(dut_host.platform.get("kernel_cmdline") or "")
+    seen = {}
+    for name in UNSAFE_PARAMS:
+        module = name.split(".", 1)[0]
+        is_loaded = any(key.startswith(f"{module}.") for key in loaded) or (
+            module == "vfio" and dut_host.platform.get("vfio_loaded", False)
+        )
+        seen[name] = {
+            "module_loaded": is_loaded,
+            "value": loaded.get(name) if is_loaded else cmdline.get(name),
+            "source": "module parameter" if is_loaded else "kernel command line",
+            "cmdline": cmdline.get(name),
+        }
+    evidence.add("parameters", seen)
+    unsafe = [
+        f"{name}={s['value']} ({s['source']}): {UNSAFE_PARAMS[name]}"
+        for name, s in seen.items()
+        if s["value"] is not None and s["value"].strip().lower() in TRUE_VALUES
+    ]
+    assert not unsafe, f"unsafe VFIO mode on {dut_host.name}: " + "; ".join(unsafe)
+
+
+def _driven_functions(dut_host: HostSession) -> list[str]:
+    """The devices under test and every other function of their IOMMU groups."""
+    groups = dut_host.platform.get("iommu_groups", {})
+    facts = dut_host.platform.get("devices", {})
+    driven = set()
+    for device in dut_host.devices:
+        group = facts.get(device.bdf, {}).get("iommu_group")
+        driven.update(groups.get(str(group), []) if group is not None else [device.bdf])
+    return sorted(driven)
+
+
+@check(
+    "PLAT-004",
+    "The IOMMU groups of the devices under test hold no function on a host DMA driver",
+    level="SHOULD",
+    spec=f"{VFIO_RST}: Groups, Devices, and IOMMUs (viable groups)",
+)
+def test_group_membership(dut_host: HostSession, evidence: Any) -> None:
+    """A group is the unit of isolation: userspace can only own it whole. A function that
+    shares a group with a device under test and sits on a host driver using the kernel DMA
+    API (a NIC, a storage controller) makes the group unusable for VFIO, and moving it to
+    vfio-pci takes it from the host. The evidence lists every group of every device under
+    test and the driver of each member; the check fails when a member is on any driver but
+    vfio-pci (or a vfio-pci variant), pci-stub or pcieport, or on none."""
+    states = {d.bdf: dut_host.call("evidence.device_state", bdf=d.bdf) for d in dut_host.devices}
+    evidence.add(
+        "groups",
+        {
+            bdf: {"group": s["iommu_group"], "members": s["group_members"]}
+            for bdf, s in states.items()
+        },
+    )
+    grouped = {bdf: s for bdf, s in states.items() if s["iommu_group"] is not None}
+    if not grouped:
+        pytest.skip(f"no device under test on {dut_host.name} is in an IOMMU group (PLAT-001)")
+    foreign = sorted(
+        {
+            f"{member} on {driver} (group {s['iommu_group']} of {bdf})"
+            for bdf, s in grouped.items()
+            for member, driver in s["group_members"].items()
+            if driver is not None and "vfio" not in driver and driver not in VFIO_FRIENDLY_DRIVERS
+        }
+    )
+    assert not foreign, "host DMA drivers in groups under test: " + "; ".join(foreign)
+
+
+@check(
+    "PLAT-005",
+    "The firmware's IOMMU table (ACPI DMAR or IVRS) is present and well-formed",
+    level="MUST",
+    spec=(
+        "Intel VT-d spec ch. 8 (DMAR: DRHD, RMRR, device scopes); AMD IOMMU spec ch. 5 "
+        "(IVRS: IVHD, IVMD); ACPI spec 5.2.6 (table header, checksum)"
+    ),
+)
+def test_acpi_iommu_table(dut_host: HostSession, evidence: Any) -> None:
+    """On x86 the kernel learns which IOMMU translates which device, and which memory the
+    firmware keeps for itself (RMRR, IVMD), from the ACPI DMAR (Intel) or IVRS (AMD) table.
+    A table that is missing, truncated, fails its checksum, or describes register blocks at
+    misaligned addresses or device scopes of bad length leaves devices untranslated or
+    misattributed, or makes the kernel disable the IOMMU. The table matching the IOMMU the
+    kernel runs must exist; with no IOMMU running, either table must; every table present
+    must parse cleanly. Other architectures and virtio-iommu are described elsewhere."""
+    kind = dut_host.platform["iommu"]["kind"]
+    tables = dut_host.call("platform_checks.acpi_iommu_tables")
+    evidence.add("tables", tables)
+    machine = tables["machine"]
+    if machine not in X86:
+        pytest.skip(f"{dut_host.name} is {machine}: IOMMUs there are described by IORT/DT")
+    if kind not in IOMMU_TABLES:
+        pytest.skip(f"the {kind} IOMMU on {dut_host.name} is not described by DMAR or IVRS")
+    wanted = IOMMU_TABLES[kind]
+    present = [name for name in ("DMAR", "IVRS") if tables[name] is not None]
+    assert set(wanted) & set(present), (
+        f"no {' or '.join(wanted)} table on {dut_host.name} (IOMMU: {kind}): the firmware "
+        "describes no IOMMU"
+    )
+    problems = [p for name in present for p in tables[name]["problems"]]
+    assert not problems, f"malformed IOMMU table on {dut_host.name}: " + "; ".join(problems)
+
+
+@check(
+    "PLAT-006",
+    "No IOMMU faults at idle: none from functions the suite does not drive, none while idle",
+    level="SHOULD",
+    spec=f"{VFIO_RST}: Groups, Devices, and IOMMUs; Intel VT-d spec 7.1 (fault logging)",
+)
+def test_no_idle_iommu_faults(dut_host: HostSession, evidence: Any) -> None:
+    """A healthy platform raises IOMMU faults only when a device really accesses memory it
+    was not given. Faults from functions on host drivers (broken RMRR/IVMD, a firmware agent
+    still doing DMA, a driver bug) mean the platform does not run cleanly under its IOMMU,
+    and they make the fault evidence of the isolation checks ambiguous. The check fails on
+    faults, since boot, from any function outside the groups under test (no check drives
+    them), and on any fault logged during an idle window in which nothing is driven (a
+    released device must not keep doing DMA). Faults of driven functions before the window
+    are reported only: DMA isolation checks provoke them on purpose."""
+    if dut_host.platform["iommu"]["kind"] == "none":
+        pytest.skip(f"no IOMMU on {dut_host.name} to raise faults (PLAT-001)")
+    r = dut_host.call("platform_checks.fault_survey", driven=_driven_functions(dut_host))
+    evidence.add("faults", r)
+    for name, what in (
+        ("foreign", "from functions no check drives"),
+        ("idle", f"during {r['idle_s']} s of idleness"),
+    ):
+        faults = r[name]
+        assert not faults, (
+            f"{len(faults)} IOMMU fault(s) on {dut_host.name} {what}; first: {faults[0]['line']}"
+        )

@@ -34,7 +34,7 @@ BROKEN: dict[str, dict[str, Any]] = {
         "PASS": set(),
         "SKIP": REST,
     },
-    "e2e-noiommu-mode": {
+    "e2e-iommu-off": {
         "FAIL": {"PLAT-001": "IOMMU", "PLAT-002": "interrupt remapping"},
         "PASS": set(),
         "SKIP": REST,

@@ -48,3 +48,28 @@ class VfioApiVersionError(RuntimeError):
         super().__init__(f"VFIO API version {version}, expected {expected}")
         self.version = version
         self.expected = expected
+
+
+class CapabilityChainError(ValueError):
+    """A capability chain (VFIO INFO buffer or PCI config space) is malformed.
+
+    Raised instead of following a chain that loops, leaves its buffer or is truncated, so a
+    corrupt chain is reported rather than hanging or reading garbage.
+    """
+
+
+class UnsafeModeError(RuntimeError):
+    """The only way to go on is an unsafe VFIO mode (no-IOMMU) the caller did not ask for."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested IOMMU backend is not offered by this kernel or for this device."""
+
+
+class IovaExhaustedError(RuntimeError):
+    """No free IOVA range of the requested size is left inside the allowed ranges."""
+
+
+class HugePagesUnavailableError(OSError):
+    """A huge-page DMA buffer could not be allocated: the size is unsupported or the pool is
+    empty. The message names the pool so a test can skip with it as the reason."""

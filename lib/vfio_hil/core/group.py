@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional, Tuple
 
 from . import sysfs, uapi
 from .container import Container
@@ -20,6 +20,19 @@ class GroupStatus(NamedTuple):
     container_set: bool
 
 
+def group_node(number: int, dev_dir: str = VFIO_DEV_DIR) -> Tuple[str, bool]:
+    """Path of group ``number``'s device node and whether it is a no-IOMMU group.
+
+    In no-IOMMU mode (``vfio.enable_unsafe_noiommu_mode``) the kernel names the node
+    ``noiommu-N``: the device is not isolated and DMA uses physical addresses.
+    """
+    plain = os.path.join(dev_dir, str(number))
+    unsafe = os.path.join(dev_dir, f"noiommu-{number}")
+    if not os.path.exists(plain) and os.path.exists(unsafe):
+        return unsafe, True
+    return plain, False
+
+
 class Group(Handle):
     """An open VFIO group.
 
@@ -27,16 +40,34 @@ class Group(Handle):
     must be closed separately; the group need not outlive them.
     """
 
-    def __init__(self, number: int, *, dev_dir: str = VFIO_DEV_DIR, sysfs_root: str = "/") -> None:
+    def __init__(
+        self,
+        number: int,
+        *,
+        dev_dir: str = VFIO_DEV_DIR,
+        sysfs_root: str = "/",
+        ioctl_fn: uapi.IoctlFn = uapi.ioctl_raw,
+    ) -> None:
         target = f"group {number}"
-        super().__init__(open_node(os.path.join(dev_dir, str(number)), target), target)
+        path, noiommu = group_node(number, dev_dir)
+        super().__init__(open_node(path, target), target, ioctl_fn)
         self.number = number
+        #: True for a no-IOMMU group (``/dev/vfio/noiommu-N``): no DMA isolation at all.
+        self.noiommu = noiommu
         self._sysfs_root = sysfs_root
 
     @classmethod
-    def of_device(cls, bdf: str, *, dev_dir: str = VFIO_DEV_DIR, sysfs_root: str = "/") -> Group:
+    def of_device(
+        cls,
+        bdf: str,
+        *,
+        dev_dir: str = VFIO_DEV_DIR,
+        sysfs_root: str = "/",
+        ioctl_fn: uapi.IoctlFn = uapi.ioctl_raw,
+    ) -> Group:
         """Open the IOMMU group that PCI device ``bdf`` belongs to."""
-        return cls(sysfs.iommu_group(bdf, sysfs_root), dev_dir=dev_dir, sysfs_root=sysfs_root)
+        number = sysfs.iommu_group(bdf, sysfs_root)
+        return cls(number, dev_dir=dev_dir, sysfs_root=sysfs_root, ioctl_fn=ioctl_fn)
 
     def status(self) -> GroupStatus:
         """Whether the group is viable (all its devices bound to VFIO or unbound) and attached."""
@@ -46,6 +77,14 @@ class Group(Handle):
             viable=bool(status.flags & uapi.VFIO_GROUP_FLAGS_VIABLE),
             container_set=bool(status.flags & uapi.VFIO_GROUP_FLAGS_CONTAINER_SET),
         )
+
+    def raw_status(self, argsz: Optional[int] = None) -> int:
+        """VFIO_GROUP_GET_STATUS (``argsz`` overridable) returning the flags or ``-errno``."""
+        status = uapi.new("vfio_group_status")
+        if argsz is not None:
+            status.argsz = argsz
+        ret = self._ioctl_raw("VFIO_GROUP_GET_STATUS", status)
+        return ret if ret < 0 else int(status.flags)
 
     def set_container(self, container: Container) -> None:
         """Attach the group to ``container``."""
@@ -73,7 +112,7 @@ class Group(Handle):
         fd = self._ioctl(
             "VFIO_GROUP_GET_DEVICE_FD", uapi.ffi.new("char[]", name.encode()), name=name
         )
-        return Device(fd, name)
+        return Device(fd, name, ioctl_fn=self._ioctl_fn)
 
     def raw_get_device_fd(self, name: str) -> int:
         """VFIO_GROUP_GET_DEVICE_FD with an arbitrary name, returning an fd or ``-errno``.

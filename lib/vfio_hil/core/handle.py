@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import warnings
 from types import TracebackType
-from typing import Any, Optional, Type, TypeVar
+from typing import Any, Generic, Mapping, NoReturn, Optional, Type, TypeVar
 
 from . import uapi
 from .errors import VfioError
 
 _H = TypeVar("_H", bound="Handle")
+_O = TypeVar("_O", bound="Owned[Any]")
+_Owner = TypeVar("_Owner")
 
 
 def open_node(path: str, target: str) -> int:
@@ -25,12 +27,25 @@ def open_node(path: str, target: str) -> int:
         raise VfioError(e.errno, "open", target, {"path": path}) from None
 
 
-class Handle:
-    """Owns one file descriptor; closing the handle closes it, exactly once."""
+def checked(ret: int, name: str, target: str, arguments: Mapping[str, Any]) -> int:
+    """Return ``ret``, a raw-tier result, or raise the VfioError that ``-errno`` stands for."""
+    if ret < 0:
+        raise VfioError(-ret, name, target, arguments)
+    return ret
 
-    def __init__(self, fd: int, target: str) -> None:
+
+class Handle:
+    """Owns one file descriptor; closing the handle closes it, exactly once.
+
+    ``ioctl_fn`` issues the ioctls (default: the real :func:`~vfio_hil.core.uapi.ioctl_raw`);
+    unit tests pass a recorder to check call sequences and structure bytes without a kernel.
+    Objects a handle creates (a group's devices, an iommufd's IOAS) inherit it.
+    """
+
+    def __init__(self, fd: int, target: str, ioctl_fn: uapi.IoctlFn = uapi.ioctl_raw) -> None:
         self._fd = fd
         self.target = target
+        self._ioctl_fn = ioctl_fn
 
     @property
     def fd(self) -> int:
@@ -87,7 +102,77 @@ class Handle:
         ``arguments`` only feed the error report (positional-only parameters leave every
         keyword free for it).
         """
-        return uapi.ioctl(self.fd, name, arg, target=self.target, arguments=arguments)
+        return checked(self._ioctl_fn(self.fd, name, arg), name, self.target, arguments)
+
+    def _refused(self, errno: int, name: str, /, **arguments: Any) -> NoReturn:
+        """Raise the VfioError for ioctl ``name`` refused with ``errno``; for hot paths that
+        issue the raw ioctl and only build the report when it fails."""
+        raise VfioError(errno, name, self.target, arguments)
 
     def _ioctl_raw(self, name: str, arg: Any = None) -> int:
-        return uapi.ioctl_raw(self.fd, name, arg)
+        return self._ioctl_fn(self.fd, name, arg)
+
+    def _info(self, name: str, struct: str, /, **fields: int) -> bytes:
+        """Issue INFO ioctl ``name`` with a ``struct <struct>`` carrying ``fields`` and return
+        the whole answer, capability chain included, as bytes.
+
+        The kernel fills the chain only when ``argsz`` covers it, and otherwise reports the
+        size it needs in ``argsz``: ask again with a buffer of that size. ``fields`` also feed
+        the error report.
+        """
+        info = uapi.new(struct, **fields)
+        self._ioctl(name, info, **fields)
+        fixed = uapi.ffi.sizeof(info[0])
+        if info.argsz <= fixed:
+            return bytes(uapi.ffi.buffer(info, fixed))
+        raw = uapi.ffi.new("uint8_t[]", info.argsz)
+        full = uapi.ffi.cast(f"struct {struct} *", raw)
+        full.argsz = info.argsz
+        for field, value in fields.items():
+            setattr(full, field, value)
+        self._ioctl(name, full, **fields)
+        return bytes(uapi.ffi.buffer(raw, min(int(full.argsz), len(raw))))
+
+
+class Owned(Generic[_Owner]):
+    """Something an owner (a device, a backend, an iommufd) creates, lists in its
+    ``_registry`` attribute and closes with itself, unless closed first."""
+
+    #: Name of the owner's list attribute that holds the live objects of this kind.
+    _registry: str
+
+    def __init__(self, owner: _Owner) -> None:
+        self._owner: Optional[_Owner] = owner
+
+    @property
+    def closed(self) -> bool:
+        """True once closed, directly or with its owner."""
+        return self._owner is None
+
+    def _live_owner(self) -> _Owner:
+        if self._owner is None:
+            raise ValueError(f"{self!r} is closed")
+        return self._owner
+
+    def _teardown(self, owner: _Owner) -> None:
+        """Undo the kernel-side setup; the owner is still usable."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Undo the setup and release the resources. Idempotent."""
+        owner, self._owner = self._owner, None
+        if owner is None:
+            return
+        getattr(owner, self._registry).remove(self)
+        self._teardown(owner)
+
+    def __enter__(self: _O) -> _O:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()

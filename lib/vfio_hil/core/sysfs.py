@@ -83,3 +83,37 @@ def pci_ids(bdf: str, root: str = "/") -> PciIds:
         subsystem_vendor=_read_hex(os.path.join(base, "subsystem_vendor")),
         subsystem_device=_read_hex(os.path.join(base, "subsystem_device")),
     )
+
+
+def vfio_cdev(bdf: str, root: str = "/") -> Optional[str]:
+    """Return the name (``vfioN``) of ``bdf``'s VFIO device cdev, or None.
+
+    The kernel lists it under the device's ``vfio-dev/`` directory when the device is bound
+    to a VFIO driver and the kernel has VFIO_DEVICE_CDEV (Linux 6.6+).
+    """
+    try:
+        names = sorted(os.listdir(os.path.join(device_path(bdf, root), "vfio-dev")))
+    except FileNotFoundError:
+        return None
+    return names[0] if names else None
+
+
+class HugePagePool(NamedTuple):
+    """The kernel's pool of persistent huge pages of one size."""
+
+    page_size: int
+    total: int
+    free: int
+
+
+def hugepage_pool(page_size: int, root: str = "/") -> Optional[HugePagePool]:
+    """The huge page pool for ``page_size`` bytes, or None if the kernel has no such size."""
+    base = os.path.join(root, "sys/kernel/mm/hugepages", f"hugepages-{page_size // 1024}kB")
+    try:
+        with open(os.path.join(base, "nr_hugepages")) as f:
+            total = int(f.read())
+        with open(os.path.join(base, "free_hugepages")) as f:
+            free = int(f.read())
+    except FileNotFoundError:
+        return None
+    return HugePagePool(page_size, total, free)

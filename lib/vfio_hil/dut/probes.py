@@ -7,8 +7,8 @@ JSON-able data. Kernel refusals propagate as :class:`~vfio_hil.core.errors.VfioE
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
-from typing import Any, Dict, Iterator, Tuple
+from contextlib import ExitStack
+from typing import Any, Dict
 
 from ..core import sysfs, uapi
 from ..core.container import Container
@@ -17,6 +17,7 @@ from ..core.dma import DmaBuffer
 from ..core.drivers.edu import EDU_DEVICE_ID, EDU_VENDOR_ID, Edu, check_dma
 from ..core.group import Group
 from ..core.irq import EventFd
+from .common import open_device
 
 #: IOVAs for the DMA round trip: page-aligned and far below edu's 28-bit DMA limit.
 IOVA_SRC = 0x100000
@@ -25,19 +26,6 @@ IOVA_DST = 0x200000
 MSI_PROBE_BIT = 0x1000
 #: After the first interrupt, how long to keep counting so duplicate deliveries show up.
 _MSI_SETTLE_S = 0.2
-
-
-@contextmanager
-def _open_device(bdf: str) -> Iterator[Tuple[Container, Group, Device]]:
-    """Open a type1v2 container, attach ``bdf``'s group to it and open the device."""
-    bdf = sysfs.normalize_bdf(bdf)
-    with ExitStack() as stack:
-        container = stack.enter_context(Container())
-        group = stack.enter_context(Group.of_device(bdf))
-        group.set_container(container)
-        container.set_iommu(uapi.VFIO_TYPE1v2_IOMMU)
-        device = stack.enter_context(group.device(bdf))
-        yield container, group, device
 
 
 def _edu(device: Device) -> Edu:
@@ -73,7 +61,7 @@ def group_attach(bdf: str) -> Dict[str, Any]:
 
 def config_ids(bdf: str) -> Dict[str, Any]:
     """Vendor and device id as read through the VFIO config region and as sysfs reports them."""
-    with _open_device(bdf) as (_container, _group, device):
+    with open_device(bdf) as (_container, _group, device):
         vendor = device.config_read(0x00, 2)
         device_id = device.config_read(0x02, 2)
     ids = sysfs.pci_ids(bdf)
@@ -87,7 +75,7 @@ def config_ids(bdf: str) -> Dict[str, Any]:
 
 def edu_mmio(bdf: str, pattern: int = 0x12345678) -> Dict[str, Any]:
     """Read edu's id register and exercise the liveness register through the mmap'ed BAR0."""
-    with _open_device(bdf) as (_container, _group, device), _edu(device) as edu:
+    with open_device(bdf) as (_container, _group, device), _edu(device) as edu:
         return {
             "id": edu.id(),
             "liveness_written": pattern,
@@ -100,7 +88,7 @@ def edu_dma_roundtrip(bdf: str, size: int = 1024) -> Dict[str, Any]:
     check_dma(IOVA_SRC, size)
     check_dma(IOVA_DST, size)
     with ExitStack() as stack:
-        container, _group, device = stack.enter_context(_open_device(bdf))
+        container, _group, device = stack.enter_context(open_device(bdf))
         edu = stack.enter_context(_edu(device))
         src = stack.enter_context(DmaBuffer(size))
         dst = stack.enter_context(DmaBuffer(size))
@@ -124,7 +112,7 @@ def edu_dma_roundtrip(bdf: str, size: int = 1024) -> Dict[str, Any]:
 def edu_msi(bdf: str, timeout_s: float = 5.0) -> Dict[str, Any]:
     """Route edu's MSI to an eventfd, raise the interrupt once and count deliveries."""
     with ExitStack() as stack:
-        _container, _group, device = stack.enter_context(_open_device(bdf))
+        _container, _group, device = stack.enter_context(open_device(bdf))
         edu = stack.enter_context(_edu(device))
         eventfd = stack.enter_context(EventFd())
         # Leftover status bits would make the device signal as soon as MSI is enabled.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 import pytest
+
 from vfio_hil.core.drivers import edu as edu_mod
 from vfio_hil.core.drivers.edu import (
     DMA_BUFFER_ADDR,

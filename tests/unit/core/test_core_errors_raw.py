@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+
 from vfio_hil.core import Container, Group, VfioError, ioctl_raw, uapi
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from vfio_hil.core import sysfs
 
 

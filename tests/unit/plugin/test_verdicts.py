@@ -80,3 +80,15 @@ def test_plugin_is_inert_without_an_inventory(pytester: pytest.Pytester) -> None
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == 0
     assert "vfio-hil summary" not in result.stdout.str()
+
+
+def test_k_selects_a_check_by_its_id(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text("all:\n  hosts:\n    r1: {vfio_devices: ['00:04.0']}\n")
+    pytester.makepyfile(test_checks=CHECKS)
+    reports = tmp_path / "reports"
+    pytester.runpytest(
+        f"--vfio-inventory={inventory}", f"--vfio-reports={reports}", "-k", "TST-002"
+    )
+    data = json.loads((reports / "latest" / "results.json").read_text())
+    assert [r["check_id"] for r in data["results"]] == ["TST-002"]

@@ -1,0 +1,216 @@
+"""DMA map + unmap throughput: the vfio_hil core library against the same ioctls issued in a
+tight C loop (benchmarks/dma_loop.c, built here with gcc and called through cffi).
+
+Runs on a VFIO host as root, with ``--bdf`` bound to vfio-pci (any device: it only gives the
+container an IOMMU). Prints pairs per second for 4 KiB and 2 MiB mappings and the overhead of
+each library layer over C; it measures, it does not judge (``make bench`` runs it on a rack
+DUT).
+
+    python benchmarks/dma_map_bench.py --bdf 0000:00:04.0 [--rounds 5] [--seconds 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+import cffi
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+
+from vfio_hil.core import (  # noqa: E402
+    HUGE_2M,
+    PAGE_4K,
+    ContainerBackend,
+    DmaBuffer,
+    HugePagesUnavailableError,
+    open_iommu,
+    sysfs,
+    uapi,
+)
+
+IOVA = 0x4000_0000  # 1 GiB: aligned for any page size used here
+RW = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
+HUGE_POOL = f"/sys/kernel/mm/hugepages/hugepages-{HUGE_2M >> 10}kB/nr_hugepages"
+#: The Python layer's budget over the C loop, for the verdict line.
+BUDGET_PCT = 10.0
+
+Loop = Callable[[int], None]
+
+
+class Result(NamedTuple):
+    label: str
+    rates: Dict[str, float]
+
+
+class CLoop:
+    """dma_loop.c, compiled with gcc and loaded through cffi (ABI mode).
+
+    Keeps the FFI and the library object: dropping the library object unloads the code.
+    """
+
+    def __init__(self, workdir: str) -> None:
+        library = os.path.join(workdir, "libdmaloop.so")
+        subprocess.run(
+            ["gcc", "-O2", "-shared", "-fPIC", "-o", library, os.path.join(HERE, "dma_loop.c")],
+            check=True,
+        )
+        self.ffi = cffi.FFI()
+        self.ffi.cdef("long dma_map_unmap_loop(int, uint64_t, uint64_t, uint64_t, long);")
+        self.lib = self.ffi.dlopen(library)
+
+    def __call__(self, fd: int, vaddr: int, iova: int, size: int, iterations: int) -> int:
+        return int(self.lib.dma_map_unmap_loop(fd, vaddr, iova, size, iterations))
+
+
+def rate(loop: Loop, iterations: int) -> float:
+    """Pairs per second of ``loop(iterations)``."""
+    start = time.perf_counter()
+    loop(iterations)
+    return iterations / (time.perf_counter() - start)
+
+
+def measure(loops: Dict[str, Loop], rounds: int, seconds: float) -> Dict[str, float]:
+    """Median pairs per second of each loop; the loops alternate within each round so that
+    drift of the (emulated) machine hits them alike."""
+    loops["C"](10)
+    iterations = max(20, int(rate(loops["C"], 50) * seconds))
+    samples: Dict[str, List[float]] = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            samples[name].append(rate(loop, iterations))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def loops_for(backend: ContainerBackend, c_loop: CLoop, buf: DmaBuffer) -> Dict[str, Loop]:
+    container = backend.container
+    size = buf.length
+
+    def c(n: int) -> None:
+        done = c_loop(container.fd, buf.vaddr, IOVA, size, n)
+        if done != n:
+            raise OSError(-done, os.strerror(-done), "dma_map_unmap_loop")
+
+    map_request = uapi.new(
+        "vfio_iommu_type1_dma_map", flags=RW, vaddr=buf.vaddr, iova=IOVA, size=size
+    )
+    unmap_request = uapi.new("vfio_iommu_type1_dma_unmap", iova=IOVA, size=size)
+    map_nr, unmap_nr = uapi.IOCTLS["VFIO_IOMMU_MAP_DMA"], uapi.IOCTLS["VFIO_IOMMU_UNMAP_DMA"]
+
+    def cffi_floor(n: int) -> None:
+        # What any Python code pays at least: the two ioctls through cffi, structures built
+        # once, no checks. Not the library: the reference its own overhead is judged by.
+        ioctl, fd = uapi.libc.ioctl, container.fd
+        for _ in range(n):
+            if ioctl(fd, map_nr, map_request) or ioctl(fd, unmap_nr, unmap_request):
+                raise OSError(uapi.ffi.errno, os.strerror(uapi.ffi.errno), "cffi floor")
+
+    def through_container(n: int) -> None:
+        for _ in range(n):
+            container.map_dma(buf.vaddr, IOVA, size)
+            container.unmap_dma(IOVA, size)
+
+    def through_backend(n: int) -> None:
+        for _ in range(n):
+            backend.map_dma(buf.vaddr, IOVA, size)
+            backend.unmap_dma(IOVA, size)
+
+    return {
+        "C": c,
+        "cffi floor": cffi_floor,
+        "Container": through_container,
+        "IommuBackend": through_backend,
+    }
+
+
+def huge_buffer(reserve: bool) -> DmaBuffer:
+    """A 2 MiB buffer on a huge page if the pool has one (or ``reserve`` may add one), else on
+    base pages."""
+    try:
+        return DmaBuffer(HUGE_2M, page_size=HUGE_2M)
+    except HugePagesUnavailableError:
+        pool = sysfs.hugepage_pool(HUGE_2M)
+        if not reserve or pool is None:
+            return DmaBuffer(HUGE_2M)
+    with open(HUGE_POOL, "w") as f:
+        f.write(str(pool.total + 1))
+    try:
+        return DmaBuffer(HUGE_2M, page_size=HUGE_2M)
+    except HugePagesUnavailableError:
+        return DmaBuffer(HUGE_2M)
+
+
+def report(results: List[Result], header: str) -> Dict[str, bool]:
+    """Print one row per mapping and loop: pairs per second and the extra time per pair over
+    the C loop and over the cffi floor. Return, per reference, whether every library layer
+    stayed within the budget."""
+    print(header)
+    print(f"{'mapping':<22}{'loop':<14}{'pairs/s':>10}{'vs C loop':>12}{'vs cffi floor':>15}")
+    within = {"C": True, "cffi floor": True}
+    for r in results:
+        for i, (name, value) in enumerate(r.rates.items()):
+            row = f"{r.label if i == 0 else '':<22}{name:<14}{value:>10.0f}"
+            for reference in ("C", "cffi floor"):
+                if name == reference or (reference == "cffi floor" and name == "C"):
+                    row += " " * (12 if reference == "C" else 15)
+                    continue
+                overhead = (r.rates[reference] / value - 1) * 100
+                row += f"{overhead:>+11.1f}%" if reference == "C" else f"{overhead:>+14.1f}%"
+                if name not in ("C", "cffi floor"):
+                    within[reference] = within[reference] and overhead <= BUDGET_PCT
+            print(row.rstrip())
+    return within
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bdf", required=True, help="a device bound to vfio-pci")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=0.5, help="per loop and round")
+    parser.add_argument(
+        "--reserve-huge-page",
+        action="store_true",
+        help="add a 2 MiB page to the hugetlb pool for the run (restored after)",
+    )
+    args = parser.parse_args(argv)
+    pool = sysfs.hugepage_pool(HUGE_2M)
+    backend = open_iommu("type1v2")
+    assert isinstance(backend, ContainerBackend)
+    with tempfile.TemporaryDirectory() as workdir, backend:
+        c_loop = CLoop(workdir)
+        backend.open_device(args.bdf)
+        results = []
+        try:
+            with DmaBuffer(PAGE_4K) as small, huge_buffer(args.reserve_huge_page) as big:
+                for label, buf in (
+                    ("4 KiB, 4 KiB page", small),
+                    (f"2 MiB, {'2 MiB page' if big.huge else '4 KiB pages'}", big),
+                ):
+                    rates = measure(loops_for(backend, c_loop, buf), args.rounds, args.seconds)
+                    results.append(Result(label, rates))
+        finally:
+            if pool is not None and sysfs.hugepage_pool(HUGE_2M) != pool:
+                with open(HUGE_POOL, "w") as f:
+                    f.write(str(pool.total))
+    within = report(
+        results,
+        f"DMA map+unmap pairs per second, median of {args.rounds} rounds "
+        f"(backend {backend.name}, device {args.bdf}, Python {sys.version.split()[0]})",
+    )
+    for reference, ok in within.items():
+        print(
+            f"library layers within {BUDGET_PCT:.0f}% of the {reference} loop: "
+            f"{'yes' if ok else 'NO'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

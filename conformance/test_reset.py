@@ -1,0 +1,143 @@
+"""RST: device reset through VFIO — VFIO_DEVICE_RESET and its contract, and the PCI hot
+(bus or slot) reset with its ownership rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from vfio_hil.lab.session import DeviceLease
+from vfio_hil_pytest import check
+
+VFIO_H = "include/uapi/linux/vfio.h"
+NVME_SPEC = "NVM Express base spec 2.0, 3.7.2 (controller level reset), 3.1 (CC, CSTS)"
+NVME_CC_EN = 1
+NVME_CSTS_RDY = 1
+
+
+def _hot_reset_skip(info: dict[str, Any], bdf: str) -> None:
+    if info["ret"] == "-ENODEV":
+        pytest.skip(f"{bdf} has no bus or slot reset (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: ENODEV)")
+
+
+@check(
+    "RST-001",
+    "VFIO_DEVICE_RESET stops a running NVMe controller: CC and CSTS return to 0",
+    level="MUST",
+    spec=f"{VFIO_H} VFIO_DEVICE_RESET; {NVME_SPEC}",
+    needs=("nvme",),
+)
+def test_reset_stops_nvme(dut_device: DeviceLease, evidence: Any) -> None:
+    """A reset is how the next user of a device gets it in a known state: whatever the
+    previous user left running must stop. The check enables the NVMe controller (admin
+    queues in mapped memory, no command submitted), waits for CSTS.RDY, issues
+    VFIO_DEVICE_RESET and reads the controller registers: CC (the enable bit and the queue
+    entry sizes the check wrote) and CSTS must be 0 again, as every NVMe controller level
+    reset requires, while CAP, a read-only register, must read as before (the device is
+    alive, not gone)."""
+    r = dut_device.call("reset.nvme_reset", bdf=dut_device.bdf)
+    evidence.add("registers", r)
+    if "skip" in r:
+        pytest.skip(r["skip"])
+    before, after = r["before"], r["after"]
+    assert r["reset"] == "0", f"VFIO_DEVICE_RESET on {dut_device.bdf} got {r['reset']}"
+    assert before["CC"] & NVME_CC_EN and before["CSTS"] & NVME_CSTS_RDY, (
+        f"{dut_device.bdf} was not running before the reset: CC {before['CC']:#x}, "
+        f"CSTS {before['CSTS']:#x}"
+    )
+    assert after["CAP"] == before["CAP"], (
+        f"{dut_device.bdf} CAP changed across the reset: {before['CAP']:#x} -> {after['CAP']:#x}"
+    )
+    assert after["CC"] == 0 and after["CSTS"] & NVME_CSTS_RDY == 0, (
+        f"{dut_device.bdf} still configured after VFIO_DEVICE_RESET: CC {before['CC']:#x} -> "
+        f"{after['CC']:#x}, CSTS {before['CSTS']:#x} -> {after['CSTS']:#x}"
+    )
+
+
+@check(
+    "RST-002",
+    "VFIO_DEVICE_RESET succeeds exactly when the device advertises VFIO_DEVICE_FLAGS_RESET",
+    level="MUST",
+    spec=f"{VFIO_H} VFIO_DEVICE_RESET, VFIO_DEVICE_FLAGS_RESET",
+)
+def test_reset_contract(dut_device: DeviceLease, evidence: Any) -> None:
+    """VFIO_DEVICE_FLAGS_RESET is the promise userspace plans around (QEMU decides from it
+    whether it needs a bus reset). A device that advertises it must reset when asked; one
+    that does not must refuse with EINVAL instead of pretending. Either way the device must
+    still answer afterwards with its own IDs."""
+    r = dut_device.call("reset.reset_contract", bdf=dut_device.bdf)
+    evidence.add("ioctls", r["ioctls"])
+    if r["reset_flag"]:
+        assert r["reset"] == "0", (
+            f"{dut_device.bdf} advertises VFIO_DEVICE_FLAGS_RESET, but the reset got {r['reset']}"
+        )
+    else:
+        assert r["reset"] == "-EINVAL", (
+            f"{dut_device.bdf} does not advertise VFIO_DEVICE_FLAGS_RESET, yet the reset got "
+            f"{r['reset']} (expected -EINVAL)"
+        )
+    assert r["ids_after"] == r["ids_before"], (
+        f"{dut_device.bdf} IDs {r['ids_before']:#010x} read {r['ids_after']:#010x} after the reset"
+    )
+
+
+@check(
+    "RST-003",
+    "Hot reset info lists every function the bus or slot reset reaches, with its group",
+    level="MUST",
+    spec=f"{VFIO_H} VFIO_DEVICE_GET_PCI_HOT_RESET_INFO",
+)
+def test_hot_reset_info(dut_device: DeviceLease, evidence: Any) -> None:
+    """A bus or slot reset hits every function below the bridge, so VFIO lets a user do one
+    only if it owns all their groups, and tells it which: the dependent device list must hold
+    the device itself and every function below its slot (at least) or its bus (at most), as
+    the sysfs device tree shows them, each with its IOMMU group."""
+    r = dut_device.call("reset.hot_reset_info", bdf=dut_device.bdf)
+    evidence.add("hot reset info", r)
+    _hot_reset_skip(r, dut_device.bdf)
+    assert r["ret"] == "0", f"VFIO_DEVICE_GET_PCI_HOT_RESET_INFO on {dut_device.bdf}: {r['ret']}"
+    listed = {d["bdf"]: d["group"] for d in r["devices"]}
+    expected = r["expected"]
+    missing = sorted(set(expected["slot"]) - set(listed))
+    extra = sorted(set(listed) - set(expected["bus"]))
+    assert dut_device.bdf in listed and not missing and not extra, (
+        f"hot reset info of {dut_device.bdf} lists {sorted(listed)}; the slot holds "
+        f"{expected['slot']}, the bus {expected['bus']}"
+    )
+    wrong = [
+        f"{bdf} in group {group} (sysfs: {r['sysfs_groups'].get(bdf)})"
+        for bdf, group in listed.items()
+        if r["sysfs_groups"].get(bdf) != group
+    ]
+    assert not wrong, f"hot reset info of {dut_device.bdf} lists " + ", ".join(wrong)
+
+
+@check(
+    "RST-004",
+    "A hot reset without every affected group is refused (EINVAL); with them it works",
+    level="MUST",
+    spec=f"{VFIO_H} VFIO_DEVICE_PCI_HOT_RESET",
+)
+def test_hot_reset_needs_ownership(dut_device: DeviceLease, evidence: Any) -> None:
+    """A hot reset reaches other functions than the caller's device; VFIO must refuse it
+    unless the caller proves it owns every affected group by passing their fds. An empty
+    list, and a list that misses a group the reset reaches (or offers an unrelated group in
+    its place), must get EINVAL; the complete list must reset, which shows the refusals were
+    about ownership."""
+    r = dut_device.call("reset.hot_reset_ownership", bdf=dut_device.bdf)
+    evidence.add("ioctls", r["ioctls"])
+    _hot_reset_skip(r["info"], dut_device.bdf)
+    if "skip" in r:
+        pytest.skip(r["skip"])
+    if "incomplete_skip" in r:
+        pytest.skip(f"{dut_device.bdf}: {r['incomplete_skip']}")
+    for case, what in (("empty", "no group fd"), ("incomplete", "an incomplete group list")):
+        assert r[case] == "-EINVAL", (
+            f"VFIO_DEVICE_PCI_HOT_RESET of {dut_device.bdf} with {what} got {r[case]}, "
+            f"expected -EINVAL (groups reached: {r['needed_groups']})"
+        )
+    assert r["complete"] == "0", (
+        f"VFIO_DEVICE_PCI_HOT_RESET of {dut_device.bdf} with every group "
+        f"{r['needed_groups']} got {r['complete']}"
+    )

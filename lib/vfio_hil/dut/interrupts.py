@@ -1,0 +1,381 @@
+"""Interrupts of a device driven through VFIO (VFIO_DEVICE_GET_IRQ_INFO / SET_IRQS). Runs on
+the DUT.
+
+Device-raised interrupts come from QEMU's edu (MSI when enabled, INTx otherwise); MSI-X
+vectors are exercised by loopback (ACTION_TRIGGER with DATA_NONE/BOOL makes the kernel signal
+a vector's eventfd as if it fired). Every function leaves the device's interrupts disabled
+and its interrupt status acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from contextlib import ExitStack
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..core import pci, uapi
+from ..core.container import Container
+from ..core.device import Device
+from ..core.drivers.edu import Edu
+from ..core.errors import VfioError
+from ..core.group import Group
+from ..core.irq import EventFd, IrqEventFds
+from .common import Transcript, answer
+from .mapping import EINVAL, OK, Case, Expected, device_in_container, edu_in_container, run_case
+
+INTX = uapi.VFIO_PCI_INTX_IRQ_INDEX
+MSI = uapi.VFIO_PCI_MSI_IRQ_INDEX
+MSIX = uapi.VFIO_PCI_MSIX_IRQ_INDEX
+ERR = uapi.VFIO_PCI_ERR_IRQ_INDEX
+REQ = uapi.VFIO_PCI_REQ_IRQ_INDEX
+INDEX_NAMES = {INTX: "INTx", MSI: "MSI", MSIX: "MSI-X", ERR: "ERR", REQ: "REQ"}
+
+EVENTFD_TRIGGER = uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER
+NONE_TRIGGER = uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_TRIGGER
+INTX_FLAGS = (
+    uapi.VFIO_IRQ_INFO_EVENTFD | uapi.VFIO_IRQ_INFO_MASKABLE | uapi.VFIO_IRQ_INFO_AUTOMASKED
+)
+UNSAFE_INTERRUPTS = "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
+#: An interrupt status bit of edu's that its own DMA and factorial logic never set.
+PROBE_BIT = 0x1000
+#: How long an interrupt that must arrive may take, and how long to watch for one that must not.
+ARRIVE_S = 5.0
+ABSENT_S = 0.5
+
+ENOTTY: Expected = ("ENOTTY",)
+EBADF: Expected = ("EBADF",)
+
+# -- IRQ info against config space ----------------------------------------------------------
+
+
+def irq_mismatches(irqs: Dict[int, Optional[Tuple[int, int]]], config: Dict[str, Any]) -> List[str]:
+    """Where the IRQ info disagrees with the capabilities config space shows.
+
+    ``irqs`` maps each index to ``(flags, count)``, or None when GET_IRQ_INFO refused it;
+    ``config`` holds ``pin``, ``msi`` (multiple message capable, 0 without the capability),
+    ``msix`` (table size, 0 without it) and ``pcie`` (bool).
+    """
+    expected_counts = {
+        INTX: 1 if config["pin"] else 0,
+        MSI: config["msi"],
+        MSIX: config["msix"],
+        ERR: 1 if config["pcie"] else 0,
+        REQ: 1,
+    }
+    why = {
+        INTX: f"interrupt pin {config['pin']}",
+        MSI: f"MSI multiple message capable {config['msi']}" if config["msi"] else "no MSI",
+        MSIX: f"MSI-X table size {config['msix']}" if config["msix"] else "no MSI-X",
+        ERR: "a PCI Express capability" if config["pcie"] else "no PCI Express capability",
+        REQ: "every vfio-pci device",
+    }
+    problems = []
+    for index, want in expected_counts.items():
+        name = INDEX_NAMES[index]
+        info = irqs.get(index)
+        flags, count = info if info is not None else (0, 0)
+        if count != want:
+            got = "refused" if info is None else f"count {count}"
+            problems.append(f"{name}: {got}, expected {want} for {why[index]}")
+        elif count and not flags & uapi.VFIO_IRQ_INFO_EVENTFD:
+            problems.append(f"{name}: flags {flags:#x} lack EVENTFD")
+        elif index == INTX and count and flags & INTX_FLAGS != INTX_FLAGS:
+            problems.append(f"INTx: flags {flags:#x} lack MASKABLE|AUTOMASKED")
+    return problems
+
+
+def _config_summary(config: pci.ConfigSpace) -> Dict[str, Any]:
+    msi = config.find(pci.PCI_CAP_ID_MSI)
+    msix = config.find(pci.PCI_CAP_ID_MSIX)
+    return {
+        "pin": config.interrupt_pin,
+        "msi": msi.fields["multiple_message_capable"] if msi else 0,
+        "msix": msix.fields["table_size"] if msix else 0,
+        "pcie": config.find(pci.PCI_CAP_ID_EXP) is not None,
+    }
+
+
+def irq_info_vs_config(bdf: str) -> Dict[str, Any]:
+    """GET_IRQ_INFO of every index next to what the config space (as VFIO shows it) says."""
+    with device_in_container(bdf) as (_container, device):
+        config = _config_summary(device.pci_config())
+        num_irqs = device.info().num_irqs
+        irqs: Dict[int, Optional[Tuple[int, int]]] = {}
+        refusals = {}
+        for index in range(num_irqs):
+            try:
+                info = device.irq_info(index)
+                irqs[index] = (info.flags, info.count)
+            except VfioError as exc:
+                irqs[index] = None
+                refusals[INDEX_NAMES.get(index, str(index))] = os.strerror(exc.errno)
+    return {
+        "config": config,
+        "num_irqs": num_irqs,
+        "irqs": {
+            INDEX_NAMES.get(i, str(i)): None if v is None else {"flags": v[0], "count": v[1]}
+            for i, v in irqs.items()
+        },
+        "refused": refusals,
+        "mismatches": irq_mismatches(irqs, config),
+    }
+
+
+# -- device-raised interrupts (edu) ---------------------------------------------------------
+
+
+def _edu_irq(stack: ExitStack, device: Device, edu: Edu, index: int) -> IrqEventFds:
+    """An eventfd for vector 0 of ``index``, with edu's interrupt status cleared first (a
+    leftover status bit would fire as soon as the interrupt is enabled) and acknowledged
+    again on the way out (which deasserts INTx before it is torn down)."""
+    edu.ack_irq(0xFFFFFFFF)
+    irqs = stack.enter_context(device.irq_eventfds(index, 1))
+    stack.callback(edu.ack_irq, 0xFFFFFFFF)
+    return irqs
+
+
+def msi_per_raise(bdf: str, raises: int = 5) -> Dict[str, Any]:
+    """Raise edu's MSI ``raises`` times, waiting for each; count what each raise delivered."""
+    with ExitStack() as stack:
+        _container, device, edu = stack.enter_context(edu_in_container(bdf))
+        irqs = _edu_irq(stack, device, edu, MSI)
+        counts = []
+        for _ in range(raises):
+            edu.raise_irq(PROBE_BIT)
+            count = irqs.wait(0, ARRIVE_S)
+            edu.ack_irq(PROBE_BIT)
+            counts.append(count)
+        late = irqs.wait(0, ABSENT_S)
+    return {"raises": raises, "per_raise": counts, "late": late}
+
+
+def intx_mask(bdf: str) -> Dict[str, Any]:
+    """INTx with ACTION_MASK: an interrupt raised while masked stays pending, ACTION_UNMASK
+    delivers it once."""
+    with ExitStack() as stack:
+        _container, device, edu = stack.enter_context(edu_in_container(bdf))
+        if not device.irq_info(INTX).count:
+            return {"intx": False}
+        irqs = _edu_irq(stack, device, edu, INTX)
+        device.mask_irqs(INTX)
+        edu.raise_irq(PROBE_BIT)
+        while_masked = irqs.wait(0, ABSENT_S)
+        device.unmask_irqs(INTX)
+        on_unmask = irqs.wait(0, ARRIVE_S)
+        edu.ack_irq(PROBE_BIT)
+        device.unmask_irqs(INTX)  # delivery auto-masked it again
+        after = irqs.wait(0, ABSENT_S)
+    return {"intx": True, "while_masked": while_masked, "on_unmask": on_unmask, "after": after}
+
+
+def intx_automask(bdf: str) -> Dict[str, Any]:
+    """INTx is masked by the kernel when it fires: a second interrupt is held back until
+    ACTION_UNMASK, and an unmask with nothing pending delivers nothing."""
+    with ExitStack() as stack:
+        _container, device, edu = stack.enter_context(edu_in_container(bdf))
+        info = device.irq_info(INTX)
+        if not info.count:
+            return {"intx": False}
+        irqs = _edu_irq(stack, device, edu, INTX)
+        edu.raise_irq(PROBE_BIT)
+        first = irqs.wait(0, ARRIVE_S)
+        edu.ack_irq(PROBE_BIT)
+        edu.raise_irq(PROBE_BIT)
+        while_automasked = irqs.wait(0, ABSENT_S)
+        device.unmask_irqs(INTX)
+        on_unmask = irqs.wait(0, ARRIVE_S)
+        edu.ack_irq(PROBE_BIT)
+        device.unmask_irqs(INTX)
+        idle_unmask = irqs.wait(0, ABSENT_S)
+    return {
+        "intx": True,
+        "flags": info.flags,
+        "first": first,
+        "while_automasked": while_automasked,
+        "on_unmask": on_unmask,
+        "idle_unmask": idle_unmask,
+    }
+
+
+def msi_mask(bdf: str) -> Dict[str, Any]:
+    """MSI masking through ACTION_MASK/UNMASK, where GET_IRQ_INFO says MSI is MASKABLE."""
+    with ExitStack() as stack:
+        _container, device, edu = stack.enter_context(edu_in_container(bdf))
+        info = device.irq_info(MSI)
+        if not info.maskable:
+            # Not offered: show the request is refused rather than silently ignored.
+            refused = device.raw_set_irqs(
+                MSI, uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_MASK, 0, 1
+            )
+            return {"maskable": False, "flags": info.flags, "mask_request": answer(refused)}
+        irqs = _edu_irq(stack, device, edu, MSI)
+        device.mask_irqs(MSI)
+        edu.raise_irq(PROBE_BIT)
+        while_masked = irqs.wait(0, ABSENT_S)
+        device.unmask_irqs(MSI)
+        on_unmask = irqs.wait(0, ARRIVE_S)
+    return {
+        "maskable": True,
+        "flags": info.flags,
+        "while_masked": while_masked,
+        "on_unmask": on_unmask,
+    }
+
+
+# -- MSI-X by loopback ----------------------------------------------------------------------
+
+
+def _counts(eventfds: List[EventFd], wait_for: Optional[int] = None) -> List[int]:
+    """Every eventfd's count; the one at ``wait_for`` gets time to arrive. Loopback signals
+    from inside the ioctl, so the others are already final."""
+    return [e.read_count(ARRIVE_S if i == wait_for else 0) for i, e in enumerate(eventfds)]
+
+
+def msix_loopback(bdf: str, max_vectors: int = 8) -> Dict[str, Any]:
+    """An eventfd per MSI-X vector; ACTION_TRIGGER (DATA_NONE) on each vector in turn must
+    signal exactly that vector's eventfd once, and DATA_BOOL exactly the vectors set true."""
+    with ExitStack() as stack:
+        _container, device = stack.enter_context(device_in_container(bdf))
+        available = device.irq_info(MSIX).count
+        n = min(available, max_vectors)
+        if not n:
+            return {"vectors": 0}
+        irqs = stack.enter_context(device.irq_eventfds(MSIX, n))
+        per_vector = []
+        for vector in range(n):
+            device.trigger_irqs(MSIX, vector, 1)
+            per_vector.append(_counts(irqs.eventfds, vector))
+        pattern = [v % 2 == 0 for v in range(n)]
+        device.trigger_irqs(MSIX, 0, n, pattern)
+        by_bool = _counts(irqs.eventfds)
+    return {
+        "available": available,
+        "vectors": n,
+        "per_vector": per_vector,
+        "bool_pattern": [int(p) for p in pattern],
+        "by_bool": by_bool,
+    }
+
+
+def vector_deassign(bdf: str, vectors: int = 4, victim: int = 1) -> Dict[str, Any]:
+    """MSI-X vector ``victim`` de-assigned (fd -1) while the others stay: its old eventfd must
+    receive nothing when all vectors are triggered; a new eventfd assigned to it must."""
+    with ExitStack() as stack:
+        _container, device = stack.enter_context(device_in_container(bdf))
+        n = min(device.irq_info(MSIX).count, vectors)
+        if n <= victim:
+            return {"vectors": n}
+        irqs = stack.enter_context(device.irq_eventfds(MSIX, n))
+        device.set_irqs_eventfd(MSIX, [-1], start=victim)
+        device.trigger_irqs(MSIX, 0, n)
+        after_deassign = _counts(irqs.eventfds)
+        fresh = stack.enter_context(EventFd())
+        device.set_irqs_eventfd(MSIX, [fresh.fd], start=victim)
+        device.trigger_irqs(MSIX, 0, n)
+        after_reassign = _counts(irqs.eventfds)
+        fresh_count = fresh.read_count(ARRIVE_S)
+    return {
+        "vectors": n,
+        "victim": victim,
+        "after_deassign": after_deassign,
+        "after_reassign": after_reassign,
+        "new_eventfd": fresh_count,
+    }
+
+
+# -- SET_IRQS validation ---------------------------------------------------------------------
+
+
+class _IrqBench:
+    """A device, a spare eventfd and fds that are no eventfd, for the SET_IRQS table."""
+
+    def __init__(self, device: Device, eventfd: EventFd, not_eventfd: int, closed: int) -> None:
+        self.device = device
+        self.num_irqs = device.info().num_irqs
+        self.eventfd = eventfd.fd
+        self.not_eventfd = not_eventfd
+        self.closed = closed
+        self.transcript = Transcript()
+
+    def set(self, index: int, flags: int, start: int = 0, count: int = 1, data: bytes = b"") -> int:
+        """SET_IRQS through the raw tier."""
+        ret = self.device.raw_set_irqs(index, flags, start, count, data)
+        args = {"index": index, "flags": flags, "start": start, "count": count, "data": data.hex()}
+        return self.transcript.record("VFIO_DEVICE_SET_IRQS", args, ret)
+
+    def req(self, fds: Tuple[int, ...], start: int = 0, count: Optional[int] = None) -> int:
+        """Eventfds ``fds`` for the REQ index (every vfio-pci device has its one vector)."""
+        data = struct.pack(f"={len(fds)}i", *fds)
+        return self.set(REQ, EVENTFD_TRIGGER, start, len(fds) if count is None else count, data)
+
+
+SET_IRQS_CASES: Tuple[Case, ...] = (
+    Case("unknown flag bit", EINVAL, lambda b: b.set(REQ, EVENTFD_TRIGGER | 1 << 8)),
+    Case(
+        "two data types (NONE|BOOL)",
+        EINVAL,
+        lambda b: b.set(
+            REQ,
+            uapi.VFIO_IRQ_SET_DATA_NONE
+            | uapi.VFIO_IRQ_SET_DATA_BOOL
+            | uapi.VFIO_IRQ_SET_ACTION_TRIGGER,
+            data=b"\x01",
+        ),
+    ),
+    # vfio-pci validates the data type, then dispatches on the action: an action no handler
+    # takes (none, or two at once) is ENOTTY rather than EINVAL.
+    Case(
+        "two actions (MASK|TRIGGER)",
+        ENOTTY,
+        lambda b: b.set(REQ, NONE_TRIGGER | uapi.VFIO_IRQ_SET_ACTION_MASK),
+    ),
+    Case("no action", ENOTTY, lambda b: b.set(REQ, uapi.VFIO_IRQ_SET_DATA_NONE)),
+    Case(
+        "index beyond the device's IRQ indices",
+        EINVAL,
+        lambda b: b.set(b.num_irqs, EVENTFD_TRIGGER, data=struct.pack("=i", b.eventfd)),
+    ),
+    Case("start beyond the index's vectors", EINVAL, lambda b: b.req((b.eventfd,), start=1)),
+    Case("start + count beyond the vectors", EINVAL, lambda b: b.req((b.eventfd, b.eventfd))),
+    Case("argsz shorter than the eventfd data", EINVAL, lambda b: b.req((), count=1)),
+    Case("an fd that is not open", EBADF, lambda b: b.req((b.closed,))),
+    Case("an fd that is not an eventfd", EINVAL, lambda b: b.req((b.not_eventfd,))),
+    Case(
+        "INTx loopback while INTx is not enabled",
+        EINVAL,
+        lambda b: b.set(INTX, NONE_TRIGGER),
+    ),
+    Case("a valid REQ eventfd (control)", OK, lambda b: b.req((b.eventfd,))),
+    Case("removing it with fd -1 (control)", OK, lambda b: b.req((-1,))),
+)
+
+
+def set_irqs_errnos(bdf: str) -> Dict[str, Any]:
+    """Run :data:`SET_IRQS_CASES` on ``bdf``."""
+    with ExitStack() as stack:
+        container, device = stack.enter_context(device_in_container(bdf))
+        eventfd = stack.enter_context(EventFd())
+        # An fd number that is certainly not open: opened and closed right here.
+        closed = os.open("/dev/null", os.O_RDONLY)
+        os.close(closed)
+        bench = _IrqBench(device, eventfd, container.fd, closed)
+        results = [run_case(case, bench) for case in SET_IRQS_CASES]
+    return {"kernel": os.uname().release, "cases": results, "ioctls": bench.transcript.entries}
+
+
+# -- interrupt remapping --------------------------------------------------------------------
+
+
+def remapping_attach(bdf: str) -> Dict[str, Any]:
+    """Try to attach ``bdf``'s group to a type1v2 container; report VFIO_SET_IOMMU's answer
+    and the allow_unsafe_interrupts parameter it depends on."""
+    try:
+        with open(UNSAFE_INTERRUPTS) as fh:
+            unsafe: Optional[str] = fh.read().strip()
+    except FileNotFoundError:
+        unsafe = None
+    with Container() as container, Group.of_device(bdf) as group:
+        group.set_container(container)
+        ret = container.raw_set_iommu(uapi.VFIO_TYPE1v2_IOMMU)
+    return {"set_iommu": answer(ret), "allow_unsafe_interrupts": unsafe}

@@ -1,0 +1,426 @@
+"""DMA isolation through the IOMMU, driven by QEMU's edu device. Runs on the DUT.
+
+Each function opens the edu in a type1v2 container, maps what it needs, has the device DMA
+to mapped and unmapped IOVAs, and reports what arrived where, plus the IOMMU faults the
+kernel logged for the blocked transfers. Transfers stay well below edu's 4 KiB buffer and
+every IOVA below its 28-bit DMA limit.
+
+A blocked DMA is not reported by the device: it is seen in the data (the memory it aimed at
+is unchanged) and in the kernel log (the IOMMU's fault record).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+from contextlib import ExitStack
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..core import sysfs
+from ..core.container import Container
+from ..core.device import PCI_COMMAND, PCI_COMMAND_MASTER
+from ..core.dma import HUGE_2M, DmaBuffer
+from ..core.drivers.edu import DMA_IOVA_LIMIT, Edu
+from ..core.errors import VfioError
+from . import evidence
+from .common import Fault, Transcript, parse_fault
+from .mapping import READ, RW, edu_in_container, hugepages
+
+#: The IOVAs mappings are placed at; all far below edu's 28-bit limit.
+IOVA_SRC = 0x100000
+IOVA_DST = 0x200000
+IOVA_OTHER = 0x300000
+IOVA_HUGE = 0x400000  # 2 MiB aligned
+#: Everything mapped here lives below this, so a page above it is certainly unmapped.
+MAPPED_BELOW = 0x1000000
+#: The unmapped IOVA used when the process cannot learn physical addresses.
+FALLBACK_UNMAPPED_IOVA = 0x8000000
+#: Bytes per transfer: a fraction of edu's buffer (a full-buffer transfer aborts QEMU 7.2).
+XFER = 256
+PAGEMAP = "/proc/self/pagemap"
+_PFN_MASK = (1 << 55) - 1
+_PRESENT = 1 << 63
+#: How many 1 MiB chunks to allocate at most while looking for a page below edu's limit.
+_SENTINEL_CHUNKS = 32
+_CHUNK = 1 << 20
+#: VT-d's fault handler draws three tokens from a rate limit of 10 per 5 s for every fault
+#: (the status line, the fault record, and the empty-record read that ends its loop), so only
+#: three faults per 5 s window are logged whole: provoked faults are paced to stay under that.
+_FAULT_SPACING_S = 1.75
+_FAULT_WAIT_S = 2.0
+
+
+def dma_fault(line: str) -> Optional[Fault]:
+    """The IOMMU DMA page fault a kernel log line reports (Intel VT-d or AMD-Vi, with its
+    address and direction), or None for any other line or fault."""
+    fault = parse_fault(line)
+    return fault if fault is not None and fault.address is not None else None
+
+
+def _short_bdf(bdf: str) -> str:
+    """``0000:00:04.0`` -> ``00:04.0`` (VT-d fault records carry no PCI domain)."""
+    return bdf.split(":", 1)[1] if bdf.count(":") == 2 else bdf
+
+
+def faults_for(lines: List[str], bdf: str, iova: int, access: str) -> List[str]:
+    """The log lines among ``lines`` reporting a fault of ``bdf`` on the page of ``iova``."""
+    want = _short_bdf(sysfs.normalize_bdf(bdf))
+    page = iova & ~(mmap.PAGESIZE - 1)
+    found = []
+    for line in lines:
+        fault = dma_fault(line)
+        if (
+            fault is not None
+            and fault.device is not None
+            and _short_bdf(fault.device) == want
+            and fault.address is not None
+            and fault.address & ~(mmap.PAGESIZE - 1) == page
+            and fault.access in (access, None)
+        ):
+            found.append(line)
+    return found
+
+
+class FaultWatch:
+    """The IOMMU fault records the kernel logs from now on."""
+
+    #: When the last fault was provoked (the DUT agent lives across calls: so does this).
+    _last_provoked = 0.0
+
+    def __init__(self) -> None:
+        self.cursor = evidence.kmsg_cursor()
+
+    @classmethod
+    def pace(cls) -> None:
+        """Wait, if needed, so that the fault about to be provoked is not rate-limited."""
+        wait = cls._last_provoked + _FAULT_SPACING_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        cls._last_provoked = time.monotonic()
+
+    def wait_for(self, bdf: str, iova: int, access: str) -> List[str]:
+        """The fault lines for ``bdf`` at ``iova`` logged since the watch began; waits a little
+        for them (the fault interrupt is handled asynchronously)."""
+        deadline = time.monotonic() + _FAULT_WAIT_S
+        while True:
+            lines = evidence.kmsg_since(self.cursor)["lines"]
+            found = faults_for(lines, bdf, iova, access)
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def all_faults(self) -> List[str]:
+        """Every IOMMU fault line logged since the watch began."""
+        lines = evidence.kmsg_since(self.cursor)["lines"]
+        return [line for line in lines if dma_fault(line)]
+
+
+def pfn_of(entry: int) -> Optional[int]:
+    """The page frame number in a /proc/self/pagemap entry, or None when the page is not
+    present or the process may not see frame numbers (they read as 0 without CAP_SYS_ADMIN)."""
+    if not entry & _PRESENT:
+        return None
+    return entry & _PFN_MASK or None
+
+
+def _physical_pages(buf: DmaBuffer) -> List[Optional[int]]:
+    """The physical address of every page of ``buf`` (None where unknown)."""
+    pages = buf.length // mmap.PAGESIZE
+    with open(PAGEMAP, "rb") as fh:
+        fh.seek(buf.vaddr // mmap.PAGESIZE * 8)
+        raw = fh.read(pages * 8)
+    pfns = (pfn_of(e) for e in struct.unpack(f"<{len(raw) // 8}Q", raw))
+    return [None if pfn is None else pfn * mmap.PAGESIZE for pfn in pfns]
+
+
+def _sentinel(stack: ExitStack) -> Tuple[DmaBuffer, int, Optional[int]]:
+    """A page of this process's memory whose physical address edu can reach, above every
+    IOVA this module maps: ``(buffer, offset of the page, physical address)``.
+
+    A device whose IOMMU passes DMA through untranslated would hit exactly this page when
+    aiming at that address as an IOVA. Where physical addresses are not visible, the page's
+    address is None (the caller then uses an unmapped IOVA without this extra witness).
+    """
+    for _ in range(_SENTINEL_CHUNKS):
+        chunk = stack.enter_context(DmaBuffer(_CHUNK))
+        chunk.fill(b"\x01" * chunk.size)  # fault every page in
+        for i, phys in enumerate(_physical_pages(chunk)):
+            if phys is None:
+                return chunk, 0, None
+            if MAPPED_BELOW <= phys < DMA_IOVA_LIMIT - mmap.PAGESIZE:
+                return chunk, i * mmap.PAGESIZE, phys
+    # All of it above edu's reach (a large machine): an unmapped IOVA without the witness.
+    return chunk, 0, None
+
+
+def _nonzero_random(size: int) -> bytes:
+    """Random bytes none of which is 0x00 or 0xff: a failed transfer reads as one of those,
+    so no byte of it can be mistaken for a leaked one."""
+    return bytes(1 + b % 254 for b in os.urandom(size))
+
+
+class _Bench:
+    """An edu in its own container, with the transcript and the fault watch of one probe."""
+
+    def __init__(self, stack: ExitStack, bdf: str) -> None:
+        self.bdf = sysfs.normalize_bdf(bdf)
+        self.container, self.device, self.edu = stack.enter_context(edu_in_container(bdf))
+        self.stack = stack
+        self.transcript = Transcript()
+        self.watch = FaultWatch()
+
+    def buffer(
+        self, iova: int, data: Optional[bytes] = None, size: int = mmap.PAGESIZE, flags: int = RW
+    ) -> DmaBuffer:
+        """New memory (zero, or ``data``) mapped at ``iova`` with ``flags``."""
+        return map_buffer(self.stack, self.container, self.transcript, iova, data, size, flags)
+
+    def load(self, iova: int, offset: int = 0) -> None:
+        """Device reads XFER bytes at ``iova`` into its buffer at ``offset``."""
+        self.edu.dma_to_device(iova, XFER, offset)
+
+    def store(self, iova: int, offset: int = 0) -> None:
+        """Device writes XFER bytes of its buffer at ``offset`` to ``iova``."""
+        self.edu.dma_from_device(iova, XFER, offset)
+
+    def blocked(self, iova: int, access: str) -> List[str]:
+        """Have the device read (``access="read"``, into its buffer) or write (from its
+        buffer) ``iova``, where it must be stopped; return the fault lines logged for it."""
+        FaultWatch.pace()
+        (self.load if access == "read" else self.store)(iova)
+        return self.watch.wait_for(self.bdf, iova, access)
+
+    def loaded(self) -> Tuple[bytes, DmaBuffer]:
+        """Random data mapped at IOVA_SRC and loaded into the device, and a zero page mapped
+        at IOVA_DST: ``(data, destination)``."""
+        data = os.urandom(mmap.PAGESIZE)
+        self.buffer(IOVA_SRC, data)
+        dst = self.buffer(IOVA_DST)
+        self.load(IOVA_SRC)
+        return data, dst
+
+    def result(self, **fields: Any) -> Dict[str, Any]:
+        """The probe's findings with its transcript and every fault it caused."""
+        return {**fields, "faults": self.watch.all_faults(), "ioctls": self.transcript.entries}
+
+
+def map_buffer(
+    stack: ExitStack,
+    container: Container,
+    transcript: Transcript,
+    iova: int,
+    data: Optional[bytes] = None,
+    size: int = mmap.PAGESIZE,
+    flags: int = RW,
+    page_size: int = mmap.PAGESIZE,
+) -> DmaBuffer:
+    """New memory holding ``data`` (else zero), mapped at ``iova`` in ``container``."""
+    buf = stack.enter_context(DmaBuffer(size, page_size=page_size))
+    if data is not None:
+        buf.fill(data)
+    ret = transcript.map(container, buf.vaddr, iova, buf.length, flags)
+    if ret < 0:
+        # The kernel refused an ordinary mapping: a finding, like any strict-tier refusal.
+        raise VfioError(
+            -ret, "VFIO_IOMMU_MAP_DMA", container.target, {"iova": iova, "size": buf.length}
+        )
+    return buf
+
+
+def _diff(actual: bytes, expected: bytes) -> Dict[str, Any]:
+    """How far ``actual`` is from ``expected``: differing bytes and the first offset."""
+    bad = [i for i, (a, b) in enumerate(zip(actual, expected)) if a != b]
+    return {"differing_bytes": len(bad), "first_difference": bad[0] if bad else None}
+
+
+def exact_landing(bdf: str) -> Dict[str, Any]:
+    """DMA at offsets inside mappings lands exactly there: the device writes into the middle
+    page of a 3-page mapping at an odd offset, and reads from an odd offset of another
+    mapping; every other byte of the destination must stay zero."""
+    page = mmap.PAGESIZE
+    with ExitStack() as stack:
+        bench = _Bench(stack, bdf)
+        data = os.urandom(page)
+        bench.buffer(IOVA_SRC, data)
+        dst = bench.buffer(IOVA_DST, size=3 * page)
+        write_at, read_from, second_at = page + 0x123, 0x300, 2 * page + 0x40
+        bench.load(IOVA_SRC)
+        bench.store(IOVA_DST + write_at)
+        bench.load(IOVA_SRC + read_from, offset=1024)
+        bench.store(IOVA_DST + second_at, offset=1024)
+        expected = bytearray(3 * page)
+        expected[write_at : write_at + XFER] = data[:XFER]
+        expected[second_at : second_at + XFER] = data[read_from : read_from + XFER]
+        return bench.result(**_diff(dst.read(), bytes(expected)), size=3 * page)
+
+
+def unmapped_write(bdf: str) -> Dict[str, Any]:
+    """The device writes to an unmapped IOVA: nothing may change anywhere, and the IOMMU must
+    log the fault. The IOVA is the physical address of a page of this process (the sentinel)
+    where that is visible, so an IOMMU passing DMA through would be caught writing it."""
+    with ExitStack() as stack:
+        bench = _Bench(stack, bdf)
+        bench.buffer(IOVA_SRC, os.urandom(mmap.PAGESIZE))
+        mapped = bench.buffer(IOVA_DST)
+        sentinel, offset, phys = _sentinel(stack)
+        target = FALLBACK_UNMAPPED_IOVA if phys is None else phys
+        before = sentinel.read(offset, mmap.PAGESIZE)
+        bench.load(IOVA_SRC)
+        faults = bench.blocked(target, "write")
+        return bench.result(
+            iova=target,
+            sentinel_physical=phys,
+            sentinel_changed=sentinel.read(offset, mmap.PAGESIZE) != before,
+            mapped_changed=mapped.read() != bytes(mapped.size),
+            fault_lines=faults,
+        )
+
+
+def unmapped_read(bdf: str) -> Dict[str, Any]:
+    """The device reads from an unmapped IOVA (the sentinel's physical address where known):
+    none of the sentinel's bytes may reach the device, and the IOMMU must log the fault."""
+    with ExitStack() as stack:
+        bench = _Bench(stack, bdf)
+        bench.buffer(IOVA_SRC)  # zeros: the device buffer starts cleared
+        out = bench.buffer(IOVA_DST)
+        sentinel, offset, phys = _sentinel(stack)
+        secret = _nonzero_random(XFER)
+        sentinel.fill(secret, offset)
+        target = FALLBACK_UNMAPPED_IOVA if phys is None else phys
+        bench.load(IOVA_SRC)
+        faults = bench.blocked(target, "read")
+        bench.store(IOVA_DST)  # what the device now holds, out to memory we can read
+        got = out.read(0, XFER)
+        return bench.result(
+            iova=target,
+            sentinel_physical=phys,
+            leaked_bytes=sum(a == b for a, b in zip(got, secret)),
+            size=XFER,
+            fault_lines=faults,
+        )
+
+
+def after_unmap(bdf: str) -> Dict[str, Any]:
+    """A DMA that worked stops working once its mapping is unmapped, although the memory is
+    still the process's: the IOMMU (and its IOTLB) must forget the translation."""
+    with ExitStack() as stack:
+        bench = _Bench(stack, bdf)
+        data, dst = bench.loaded()
+        bench.store(IOVA_DST)
+        arrived_while_mapped = dst.read(0, XFER) == data[:XFER]
+        dst.zero()
+        bench.transcript.unmap(bench.container, IOVA_DST, dst.length)
+        faults = bench.blocked(IOVA_DST, "write")
+        return bench.result(
+            iova=IOVA_DST,
+            arrived_while_mapped=arrived_while_mapped,
+            changed_after_unmap=dst.read() != bytes(dst.size),
+            fault_lines=faults,
+        )
+
+
+def read_only_write(bdf: str) -> Dict[str, Any]:
+    """A mapping without VFIO_DMA_MAP_FLAG_WRITE: the device's write to it must be blocked
+    (and logged), while it can read it.
+
+    The write comes first: QEMU's VT-d model reports no fault for a write denied by a
+    read-only translation it has already cached from an earlier read.
+    """
+    with ExitStack() as stack:
+        bench = _Bench(stack, bdf)
+        original = os.urandom(mmap.PAGESIZE)
+        ro = bench.buffer(IOVA_OTHER, original, flags=READ)
+        bench.buffer(IOVA_SRC, os.urandom(mmap.PAGESIZE))
+        out = bench.buffer(IOVA_DST)
+        bench.load(IOVA_SRC)
+        faults = bench.blocked(IOVA_OTHER, "write")
+        written = ro.read() != original
+        bench.load(IOVA_OTHER)
+        bench.store(IOVA_DST)
+        return bench.result(
+            iova=IOVA_OTHER,
+            readable=out.read(0, XFER) == original[:XFER],
+            written=written,
+            fault_lines=faults,
+        )
+
+
+def cross_container(bdf: str, peer: str) -> Dict[str, Any]:
+    """Two edu devices in two containers: memory mapped only in the peer's container at an
+    IOVA must be out of reach for ``bdf`` at that IOVA, and within reach for the peer."""
+    with ExitStack() as stack:
+        bench = _Bench(stack, bdf)
+        other = _Bench(stack, peer)
+        data = os.urandom(mmap.PAGESIZE)
+        bench.buffer(IOVA_SRC, data)
+        other.buffer(IOVA_SRC, data)
+        victim = other.buffer(IOVA_DST)
+        bench.load(IOVA_SRC)
+        faults = bench.blocked(IOVA_DST, "write")
+        reached_by_device = victim.read() != bytes(victim.size)
+        other.load(IOVA_SRC)
+        other.store(IOVA_DST)
+        reached_by_peer = victim.read(0, XFER) == data[:XFER]
+        result = bench.result(
+            iova=IOVA_DST,
+            peer=sysfs.normalize_bdf(peer),
+            reached_by_device=reached_by_device,
+            reached_by_peer=reached_by_peer,
+            fault_lines=faults,
+        )
+        result["ioctls"] += other.transcript.entries
+        return result
+
+
+def _set_bus_master(edu: Edu, on: bool) -> int:
+    """Set or clear Bus Master Enable; return the command register as read back."""
+    device = edu.device
+    command = device.config_read(PCI_COMMAND, 2)
+    wanted = command | PCI_COMMAND_MASTER if on else command & ~PCI_COMMAND_MASTER
+    device.config_write(PCI_COMMAND, wanted, 2)
+    return device.config_read(PCI_COMMAND, 2)
+
+
+def bus_master_off(bdf: str) -> Dict[str, Any]:
+    """With Bus Master Enable cleared in the command register the device must not reach
+    memory; with it set again the same transfer must arrive."""
+    with ExitStack() as stack:
+        bench = _Bench(stack, bdf)
+        data, dst = bench.loaded()
+        stack.callback(_set_bus_master, bench.edu, True)
+        command_off = _set_bus_master(bench.edu, False)
+        bench.store(IOVA_DST)
+        arrived_while_off = dst.read() != bytes(dst.size)
+        command_on = _set_bus_master(bench.edu, True)
+        bench.store(IOVA_DST)
+        return bench.result(
+            command_off=command_off,
+            command_on=command_on,
+            arrived_while_off=arrived_while_off,
+            arrived_when_on=dst.read(0, XFER) == data[:XFER],
+        )
+
+
+def hugepage_dma(bdf: str) -> Dict[str, Any]:
+    """DMA into a 2 MiB huge-page mapping lands at the right offsets: one deep in its first
+    half, one in its last 4 KiB, and nowhere else."""
+    with hugepages(1) as unavailable:
+        if unavailable:
+            return {"skip": unavailable}
+        with ExitStack() as stack:
+            bench = _Bench(stack, bdf)
+            data = os.urandom(mmap.PAGESIZE)
+            bench.buffer(IOVA_SRC, data)
+            huge = map_buffer(
+                stack, bench.container, bench.transcript, IOVA_HUGE, size=HUGE_2M, page_size=HUGE_2M
+            )
+            huge.zero()
+            offsets = (0x100800, HUGE_2M - mmap.PAGESIZE + 0x10)
+            bench.load(IOVA_SRC)
+            expected = bytearray(HUGE_2M)
+            for at in offsets:
+                bench.store(IOVA_HUGE + at)
+                expected[at : at + XFER] = data[:XFER]
+            return bench.result(**_diff(huge.read(), bytes(expected)), offsets=list(offsets))

@@ -1,0 +1,228 @@
+"""Device reset through VFIO: VFIO_DEVICE_RESET and the PCI hot (bus or slot) reset.
+
+Every function opens ``bdf`` through a fresh container and closes everything before
+returning; the NVMe reset probe disables the controller again if the reset did not.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from contextlib import ExitStack
+from typing import Any, Dict, List, Optional, Set
+
+from ..core import sysfs
+from ..core.device import Bar, Device
+from ..core.dma import DmaBuffer
+from ..core.group import Group
+from .common import Transcript, open_device
+
+PCI_DEVICES = "/sys/bus/pci/devices"
+
+# NVMe controller registers (NVM Express base spec, "Controller Registers").
+NVME_CAP, NVME_VS, NVME_CC, NVME_CSTS = 0x00, 0x08, 0x14, 0x1C
+NVME_AQA, NVME_ASQ, NVME_ACQ = 0x24, 0x28, 0x30
+NVME_CC_EN = 1
+NVME_CC_IOSQES_IOCQES = (6 << 16) | (4 << 20)  # 64-byte SQ and 16-byte CQ entries
+NVME_CSTS_RDY = 1
+NVME_CSTS_CFS = 2
+NVME_ADMIN_ENTRIES = 16
+NVME_ASQ_IOVA, NVME_ACQ_IOVA = 0x100000, 0x200000
+
+
+def reset_contract(bdf: str) -> Dict[str, Any]:
+    """VFIO_DEVICE_RESET on ``bdf``, beside whether the device advertises
+    VFIO_DEVICE_FLAGS_RESET, and the device's IDs before and after."""
+    bdf = sysfs.normalize_bdf(bdf)
+    log = Transcript()
+    with open_device(bdf) as (_container, _group, device):
+        info = device.info()
+        ids_before = device.config_read(0, 4)
+        ret = log.add("VFIO_DEVICE_RESET", device.raw_reset())
+        ids_after = device.config_read(0, 4)
+    return {
+        "flags": info.flags,
+        "reset_flag": info.resettable,
+        "reset": ret,
+        "ids_before": ids_before,
+        "ids_after": ids_after,
+        "ioctls": log.entries,
+    }
+
+
+def _nvme_registers(bar: Bar) -> Dict[str, int]:
+    return {
+        "CAP": bar.read64(NVME_CAP),
+        "VS": bar.read32(NVME_VS),
+        "CC": bar.read32(NVME_CC),
+        "CSTS": bar.read32(NVME_CSTS),
+        "AQA": bar.read32(NVME_AQA),
+        "ASQ": bar.read64(NVME_ASQ),
+        "ACQ": bar.read64(NVME_ACQ),
+    }
+
+
+def _nvme_wait_ready(bar: Bar, ready: bool, timeout_s: float) -> float:
+    """Poll CSTS.RDY until it equals ``ready``; return the seconds it took."""
+    start = time.monotonic()
+    while True:
+        csts = bar.read32(NVME_CSTS)
+        if csts & NVME_CSTS_CFS:
+            raise RuntimeError(f"NVMe controller fatal status (CSTS {csts:#x})")
+        if bool(csts & NVME_CSTS_RDY) == ready:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            raise RuntimeError(f"CSTS.RDY did not become {int(ready)} in {timeout_s:.1f} s")
+        time.sleep(0.01)
+
+
+def _nvme_disable(bar: Bar, timeout_s: float) -> None:
+    """Clear CC.EN and wait for CSTS.RDY to drop, if the controller is enabled."""
+    if bar.read32(NVME_CC) & NVME_CC_EN:
+        bar.write32(NVME_CC, 0)
+        _nvme_wait_ready(bar, False, timeout_s)
+
+
+def nvme_reset(bdf: str) -> Dict[str, Any]:
+    """Enable ``bdf``'s NVMe controller with admin queues in mapped memory (no command is
+    ever submitted), issue VFIO_DEVICE_RESET, and read the controller registers before and
+    after."""
+    bdf = sysfs.normalize_bdf(bdf)
+    log = Transcript()
+    with ExitStack() as stack:
+        container, _group, device = stack.enter_context(open_device(bdf))
+        if not device.info().resettable:
+            return {"skip": f"{bdf} does not advertise VFIO_DEVICE_FLAGS_RESET"}
+        queues = []
+        for iova in (NVME_ASQ_IOVA, NVME_ACQ_IOVA):
+            buf = stack.enter_context(DmaBuffer(4096))
+            container.map_dma(buf.vaddr, iova, buf.length)
+            stack.callback(container.unmap_dma, iova, buf.length)
+            queues.append(iova)
+        bar = stack.enter_context(device.map_bar(0))
+        # CAP.TO: worst-case time to ready, in 500 ms units.
+        timeout_s = max(1.0, ((bar.read64(NVME_CAP) >> 24) & 0xFF) * 0.5)
+        # Whatever happens below, the controller is off again before its queues are unmapped.
+        stack.callback(_nvme_disable, bar, timeout_s)
+        _nvme_disable(bar, timeout_s)
+        bar.write32(NVME_AQA, (NVME_ADMIN_ENTRIES - 1) << 16 | (NVME_ADMIN_ENTRIES - 1))
+        bar.write64(NVME_ASQ, queues[0])
+        bar.write64(NVME_ACQ, queues[1])
+        bar.write32(NVME_CC, NVME_CC_IOSQES_IOCQES | NVME_CC_EN)
+        ready_s = _nvme_wait_ready(bar, True, timeout_s)
+        before = _nvme_registers(bar)
+        ret = log.add("VFIO_DEVICE_RESET", device.raw_reset())
+        after = _nvme_registers(bar)
+    return {
+        "reset": ret,
+        "ready_after_s": round(ready_s, 3),
+        "before": before,
+        "after": after,
+        "ioctls": log.entries,
+    }
+
+
+def _hot_reset_info(device: Device, log: Transcript) -> Dict[str, Any]:
+    """The devices a hot reset of ``device`` reaches; ``ret`` is ``-errno`` (ENODEV: no bus
+    or slot reset) when the kernel offers none."""
+    ret = device.raw_hot_reset_info()
+    if ret < 0 and ret != -errno.ENOSPC:  # ENOSPC: there are devices, and no room for them
+        return {"ret": log.add("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", ret), "devices": []}
+    info = device.hot_reset_info()
+    log.add("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", 0, count=len(info.devices))
+    return {
+        "ret": "0",
+        "flags": info.flags,
+        "devices": [{"bdf": d.bdf, "group": d.group_id} for d in info.devices],
+    }
+
+
+def _reset_domain(bdf: str) -> Dict[str, List[str]]:
+    """What a bus and a slot reset of ``bdf`` would reach, from the sysfs device tree: every
+    function below ``bdf``'s parent bridge, and those of them below ``bdf``'s slot."""
+    parent = os.path.dirname(os.path.realpath(os.path.join(PCI_DEVICES, bdf)))
+    slot = bdf.rsplit(".", 1)[0]
+    bus, same_slot = [], []
+    for name in sorted(os.listdir(PCI_DEVICES)):
+        path = os.path.realpath(os.path.join(PCI_DEVICES, name))
+        if not path.startswith(parent + "/"):
+            continue
+        bus.append(name)
+        # The function directly under the parent bridge on the way down to this one.
+        top = os.path.relpath(path, parent).split("/")[0]
+        if top.rsplit(".", 1)[0] == slot:
+            same_slot.append(name)
+    return {"bus": bus, "slot": same_slot}
+
+
+def hot_reset_info(bdf: str) -> Dict[str, Any]:
+    """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO for ``bdf``, beside what sysfs says a bus or slot
+    reset reaches and the IOMMU group of each of those functions."""
+    bdf = sysfs.normalize_bdf(bdf)
+    log = Transcript()
+    with open_device(bdf) as (_container, _group, device):
+        info = _hot_reset_info(device, log)
+    domain = _reset_domain(bdf)
+    groups = {name: _group_of(name) for name in domain["bus"]}
+    return {**info, "expected": domain, "sysfs_groups": groups, "ioctls": log.entries}
+
+
+def _group_of(bdf: str) -> Optional[int]:
+    try:
+        return sysfs.iommu_group(bdf)
+    except FileNotFoundError:
+        return None
+
+
+def _hot_reset(device: Device, groups: List[Group], log: Transcript, what: str) -> str:
+    ret = device.raw_hot_reset([g.fd for g in groups])
+    return log.add("VFIO_DEVICE_PCI_HOT_RESET", ret, groups=[g.number for g in groups], what=what)
+
+
+def _foreign_group(needed: Set[int]) -> Optional[Group]:
+    """Open some VFIO group the hot reset does not involve, None if none can be opened."""
+    for name in sorted(os.listdir("/dev/vfio")):
+        if not name.isdigit() or int(name) in needed:
+            continue
+        try:
+            return Group(int(name))
+        except OSError:
+            continue  # in use by someone else: try the next one
+    return None
+
+
+def hot_reset_ownership(bdf: str) -> Dict[str, Any]:
+    """VFIO_DEVICE_PCI_HOT_RESET on ``bdf`` with no group fd, with a list that misses a group
+    the reset reaches (a foreign group when only one is reached), and with every group."""
+    bdf = sysfs.normalize_bdf(bdf)
+    log = Transcript()
+    with ExitStack() as stack:
+        _container, own, device = stack.enter_context(open_device(bdf))
+        info = _hot_reset_info(device, log)
+        if info["ret"] != "0":
+            return {"info": info, "ioctls": log.entries}
+        needed = {d["group"] for d in info["devices"]}
+        result: Dict[str, Any] = {"info": info, "needed_groups": sorted(needed)}
+        groups = {own.number: own}
+        for number in sorted(needed - {own.number}):
+            try:
+                groups[number] = stack.enter_context(Group(number))
+            except OSError as exc:
+                return {**result, "skip": f"group {number} the reset reaches: {exc}"}
+        result["empty"] = _hot_reset(device, [], log, "no group")
+        if len(needed) > 1:
+            partial = [groups[n] for n in sorted(needed) if n != own.number]
+            result["incomplete"] = _hot_reset(device, partial, log, "all but the own group")
+        else:
+            foreign = _foreign_group(needed)
+            if foreign is None:
+                result["incomplete_skip"] = "no other VFIO group to offer instead of the own"
+            else:
+                stack.enter_context(foreign)
+                result["incomplete"] = _hot_reset(
+                    device, [foreign], log, "a foreign group instead of the own"
+                )
+        full = [groups[n] for n in sorted(needed)]
+        result["complete"] = _hot_reset(device, full, log, "every group the reset reaches")
+    return {**result, "ioctls": log.entries}
