@@ -28,6 +28,10 @@ def suite_run(e2e_rack: VirtualRack, tmp_path_factory: pytest.TempPathFactory) -
     """One `vfio-hil run` over every e2e platform, with the PCI drivers before and after."""
     hosts = list(e2e_rack.inventory.hosts)
     before = {h: pci_drivers(e2e_rack, h) for h in hosts}
-    run = run_cli(["run", "--inventory", str(E2E_INVENTORY)], tmp_path_factory.mktemp("reports"))
+    # Two xdist workers, each owning whole hosts: the checks of two platforms run at once.
+    run = run_cli(
+        ["run", "--inventory", str(E2E_INVENTORY), "--", "-n", "2", "--dist", "loadgroup"],
+        tmp_path_factory.mktemp("reports"),
+    )
     after = {h: pci_drivers(e2e_rack, h) for h in hosts}
     return {"run": run, "before": before, "after": after}
