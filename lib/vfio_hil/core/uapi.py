@@ -549,6 +549,20 @@ def new_var(struct: str, items: int, **fields: int) -> Any:
 _UNSIGNED_LONG = ffi.typeof("unsigned long")
 
 
+#: Where :func:`ioctl_raw` records what it issues while someone listens (the DUT agent does,
+#: call by call, so that each check's evidence lists its ioctls); None records nothing.
+_transcript: Optional[list] = None
+#: A check that maps in a loop must not turn its evidence into megabytes.
+TRANSCRIPT_LIMIT = 2000
+
+
+def record_ioctls(into: Optional[list]) -> None:
+    """Append ``(name, fd, result)`` of every ioctl issued from now on to ``into``, up to
+    :data:`TRANSCRIPT_LIMIT` entries; ``None`` stops recording."""
+    global _transcript
+    _transcript = into
+
+
 def ioctl_raw(fd: int, name: str, arg: Any = None) -> int:
     """Issue the ioctl ``name`` (a key of :data:`IOCTLS`) on ``fd``.
 
@@ -562,7 +576,9 @@ def ioctl_raw(fd: int, name: str, arg: Any = None) -> int:
         arg = ffi.cast(_UNSIGNED_LONG, arg or 0)
     ret = _libc_ioctl(fd, IOCTLS[name], arg)
     if ret < 0:
-        return -ffi.errno
+        ret = -ffi.errno
+    if _transcript is not None and len(_transcript) < TRANSCRIPT_LIMIT:
+        _transcript.append((name, fd, ret))
     return ret
 
 

@@ -9,9 +9,10 @@ core library).
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, List
 
 
 def dispatch(importer: Callable[[str], Any], func: str, kwargs: dict) -> dict:
@@ -21,10 +22,13 @@ def dispatch(importer: Callable[[str], Any], func: str, kwargs: dict) -> dict:
     a platform finding from a harness failure.
     """
     module_name, _, attr = func.rpartition(".")
+    issued: List[tuple] = []
+    uapi = importer("vfio_hil.core.uapi")
+    uapi.record_ioctls(issued)
     try:
         module = importer(f"vfio_hil.dut.{module_name}")
         fn = getattr(module, attr)
-        return {"result": fn(**kwargs)}
+        return {"result": fn(**kwargs), "ioctls": _ioctl_entries(issued)}
     except Exception as exc:
         error = {
             "type": type(exc).__name__,
@@ -36,7 +40,20 @@ def dispatch(importer: Callable[[str], Any], func: str, kwargs: dict) -> dict:
             value = getattr(exc, key, None)
             if value is not None:
                 error[key] = value if isinstance(value, (int, str)) else str(value)
-        return {"error": error}
+        return {"error": error, "ioctls": _ioctl_entries(issued)}
+    finally:
+        uapi.record_ioctls(None)
+
+
+def _ioctl_entries(issued: List[tuple]) -> List[dict]:
+    return [
+        {
+            "ioctl": name,
+            "fd": fd,
+            "result": errno.errorcode.get(-ret, str(ret)) if ret < 0 else ret,
+        }
+        for name, fd, ret in issued
+    ]
 
 
 def _serve(channel: Any) -> None:

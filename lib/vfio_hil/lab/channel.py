@@ -39,6 +39,7 @@ class DutChannel(Protocol):
     """What a check needs from a DUT: call a DUT-side function and close."""
 
     host: str
+    ioctl_log: IoctlLog
 
     def call(self, func: str, **kwargs: Any) -> Any:
         """Run ``vfio_hil.dut.<func>`` on the DUT and return its (JSON-able) result."""
@@ -47,6 +48,18 @@ class DutChannel(Protocol):
     def close(self) -> None:
         """Release the channel."""
         ...
+
+
+class IoctlLog:
+    """The ioctls the DUT issued for the calls made through a channel, with their results;
+    the plugin clears it before a check and keeps it as the check's evidence."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def take(self, func: str, reply: dict[str, Any]) -> None:
+        """Keep the ioctls of one reply."""
+        self.entries.extend({"call": func, **e} for e in reply.get("ioctls", ()))
 
 
 def _raise_remote(host: str, func: str, error: dict[str, Any]) -> None:
@@ -66,6 +79,7 @@ class SshDutChannel:
         sys_path: str = DUT_ZIP_PATH,
     ) -> None:
         self.host = host
+        self.ioctl_log = IoctlLog()
         spec = f"ssh={host}//ssh_config={ssh_config}//python={python}//id={host}"
         try:
             self._gw = execnet.makegateway(spec)
@@ -90,6 +104,7 @@ class SshDutChannel:
                 f"{func} on {self.host}: channel broke after "
                 f"{time.monotonic() - start:.1f} s: {str(exc).strip().splitlines()[-1:]}"
             ) from None
+        self.ioctl_log.take(func, reply)
         if "error" in reply:
             _raise_remote(self.host, func, reply["error"])
         return reply["result"]
@@ -109,10 +124,12 @@ class LocalDutChannel:
 
     def __init__(self, host: str) -> None:
         self.host = host
+        self.ioctl_log = IoctlLog()
 
     def call(self, func: str, **kwargs: Any) -> Any:
         """Run ``vfio_hil.dut.<func>`` here, translating errors as a remote call would."""
         outcome = agent.dispatch(importlib.import_module, func, kwargs)
+        self.ioctl_log.take(func, outcome)
         if "error" in outcome:
             _raise_remote(self.host, func, outcome["error"])
         return outcome["result"]
