@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from vfio_hil.lab.errors import RackError
@@ -223,11 +224,11 @@ class VirtualRack:
         try:
             mon.connect()
             reply = mon.cmd_raw(command, args or None)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, QMPError) as exc:
             raise RackError(f"QMP {command} on {host}: {exc or 'connection closed'}") from None
         finally:
             # After `quit` QEMU closes the socket under us: nothing left to say goodbye to.
-            with contextlib.suppress(OSError, EOFError):
+            with contextlib.suppress(OSError, EOFError, QMPError):
                 mon.close()
         if "error" in reply:
             raise RackError(f"QMP {command} on {host}: {reply['error'].get('desc')}")
