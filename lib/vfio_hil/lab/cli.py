@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -74,6 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vfio-hil: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("VFIO_HIL_DEBUG"):
+            raise
+        print(
+            f"vfio-hil: internal error: {type(exc).__name__}: {exc} "
+            "(VFIO_HIL_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 def rack_command(action: str, inventory: Inventory, hosts: list[str] | None) -> int:
