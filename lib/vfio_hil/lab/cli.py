@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from vfio_hil.lab.errors import HilError, ProvisioningError, UsageError
@@ -114,14 +113,28 @@ def checks_command(as_json: bool) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Let the child pytest handle Ctrl-C (its fixtures restore the hosts); we clean up after."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _run_pytest(cmd: list[str]) -> int:
+    """Run pytest as a child and return its exit status.
+
+    Ctrl-C reaches the child with the rest of the process group; pytest then runs its
+    finalizers, which give every device back. SIGTERM (a CI timeout, `kill`) is passed on as
+    SIGINT for the same clean-up; the child is never left running without us.
+    """
+    child = subprocess.Popen(cmd)
+
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGINT)
+
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+    }
     try:
-        yield
+        return child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -157,8 +170,7 @@ def run_command(args: argparse.Namespace) -> int:
             "--vfio-run-id", run_id,
             *pytest_args,
         ]  # fmt: skip
-        with _sigint_ignored():
-            rc = subprocess.call(cmd)
+        rc = _run_pytest(cmd)
         if rc not in PYTEST_COMPLETED:
             log(f"pytest ended abnormally (status {rc}): restoring every host")
             provisioner.teardown(hosts)
