@@ -168,6 +168,9 @@ def run_command(args: argparse.Namespace) -> int:
             "--vfio-inventory", str(args.inventory.resolve()),
             "--vfio-reports", str(args.reports.resolve()),
             "--vfio-run-id", run_id,
+            # Explicit, so that pytest-xdist workers write them too.
+            "--alluredir", str(run_dir / "allure-results"),
+            "--junitxml", str(run_dir / "junit.xml"),
             *pytest_args,
         ]  # fmt: skip
         rc = _run_pytest(cmd)
