@@ -42,6 +42,7 @@ BROKEN: dict[str, dict[str, Any]] = {
             "RST-004",
             "IRQ-006",
             "ISO-006",
+            "USR-003",
             "HP-001",
             "HP-002",
             "HP-003",
