@@ -12,8 +12,7 @@ from __future__ import annotations
 import abc
 import errno
 import os
-from types import TracebackType
-from typing import Dict, List, Mapping, Optional, Type
+from typing import Dict, List, Mapping, Optional
 
 from . import sysfs, uapi
 from .container import CONTAINER_PATH, Container
@@ -21,7 +20,7 @@ from .device import VFIO_CDEV_DIR, Device
 from .dma import DmaBuffer
 from .errors import BackendUnavailableError, UnsafeModeError
 from .group import VFIO_DEV_DIR, Group
-from .handle import Owned
+from .handle import Closing, Owned
 from .iommufd import IOMMUFD_PATH, Ioas, Iommufd
 from .iova import IOVA_END, IovaAllocator, IovaRange
 
@@ -62,7 +61,7 @@ class DmaMapping(Owned["IommuBackend"]):
         return f"<DmaMapping iova={self.iova:#x} size={self.size:#x}>"
 
 
-class IommuBackend(abc.ABC):
+class IommuBackend(Closing, abc.ABC):
     """An IOMMU context: where DMA mappings live and how devices join it.
 
     Owns every device it opened and every :class:`DmaMapping` it made; closing the backend
@@ -178,17 +177,6 @@ class IommuBackend(abc.ABC):
                     device.close()
             finally:
                 self._close_context()
-
-    def __enter__(self) -> IommuBackend:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}{' closed' if self._closed else ''}>"

@@ -6,11 +6,11 @@ import errno
 import mmap
 import os
 import platform
-from types import TracebackType
-from typing import Optional, Type
+from typing import Optional
 
 from . import sysfs, uapi
 from .errors import HugePagesUnavailableError
+from .handle import Closing
 
 PAGE_4K = 4096
 HUGE_2M = 2 << 20
@@ -31,7 +31,7 @@ def _huge_flags(page_size: int) -> int:
     return page_size.bit_length() - 1 << MAP_HUGE_SHIFT
 
 
-class DmaBuffer:
+class DmaBuffer(Closing):
     """A page-aligned mapping of at least ``size`` bytes, initially zero.
 
     ``page_size`` selects base pages (the default) or huge pages (:data:`HUGE_2M`,
@@ -191,17 +191,6 @@ class DmaBuffer:
         finally:
             if fd is not None:
                 os.close(fd)
-
-    def __enter__(self) -> DmaBuffer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -10,7 +10,7 @@ from typing import Any, Generic, Mapping, NoReturn, Optional, Type, TypeVar
 from . import uapi
 from .errors import VfioError
 
-_H = TypeVar("_H", bound="Handle")
+_C = TypeVar("_C", bound="Closing")
 _O = TypeVar("_O", bound="Owned[Any]")
 _Owner = TypeVar("_Owner")
 
@@ -34,7 +34,26 @@ def checked(ret: int, name: str, target: str, arguments: Mapping[str, Any]) -> i
     return ret
 
 
-class Handle:
+class Closing:
+    """Context-manager support for anything that has ``close()``: ``with x:`` closes ``x``."""
+
+    def close(self) -> None:
+        """Release what the object holds (subclasses define it)."""
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+class Handle(Closing):
     """Owns one file descriptor; closing the handle closes it, exactly once.
 
     ``ioctl_fn`` issues the ioctls (default: the real :func:`~vfio_hil.core.uapi.ioctl_raw`);
@@ -75,17 +94,6 @@ class Handle:
         finally:
             fd, self._fd = self._fd, -1
             os.close(fd)
-
-    def __enter__(self: _H) -> _H:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         # Like io objects: a forgotten handle is a bug worth a warning, not a leaked fd.
@@ -134,7 +142,7 @@ class Handle:
         return bytes(uapi.ffi.buffer(raw, min(int(full.argsz), len(raw))))
 
 
-class Owned(Generic[_Owner]):
+class Owned(Closing, Generic[_Owner]):
     """Something an owner (a device, a backend, an iommufd) creates, lists in its
     ``_registry`` attribute and closes with itself, unless closed first."""
 
@@ -165,14 +173,3 @@ class Owned(Generic[_Owner]):
             return
         getattr(owner, self._registry).remove(self)
         self._teardown(owner)
-
-    def __enter__(self: _O) -> _O:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()

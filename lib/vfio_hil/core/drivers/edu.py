@@ -15,11 +15,10 @@ Measured on QEMU 7.2, and the reason for the limits enforced here:
 from __future__ import annotations
 
 import time
-from types import TracebackType
-from typing import Optional, Type
 
 from .. import uapi
 from ..device import Device
+from ..handle import Closing
 
 EDU_VENDOR_ID = 0x1234
 EDU_DEVICE_ID = 0x11E8
@@ -69,7 +68,7 @@ def check_dma(iova: int, size: int, offset: int = 0) -> None:
         raise ValueError(f"edu DMA IOVA range {iova:#x}+{size:#x} is not below {DMA_IOVA_LIMIT:#x}")
 
 
-class Edu:
+class Edu(Closing):
     """Driver for one edu device opened through VFIO.
 
     Turns on bus mastering and maps BAR0. The :class:`Device` stays owned by the caller;
@@ -158,14 +157,3 @@ class Edu:
     def close(self) -> None:
         """Unmap BAR0. Idempotent; the device stays open."""
         self.bar.close()
-
-    def __enter__(self) -> Edu:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
