@@ -10,12 +10,11 @@ from .handle import Handle, open_node
 from .iova import IOVA_END, IovaRange
 
 CONTAINER_PATH = "/dev/vfio/vfio"
-# Map and unmap are the hot path (see benchmarks/): their structures are allocated from
-# types resolved once, with positional initializers.
-_DMA_MAP = uapi.ffi.typeof("struct vfio_iommu_type1_dma_map *")
-_DMA_UNMAP = uapi.ffi.typeof("struct vfio_iommu_type1_dma_unmap *")
-_DMA_MAP_SIZE = uapi.ffi.sizeof(_DMA_MAP.item)
-_DMA_UNMAP_SIZE = uapi.ffi.sizeof(_DMA_UNMAP.item)
+# Map and unmap are the hot path (see benchmarks/): packed requests, see uapi.PACKED.
+_DMA_MAP = uapi.PACKED["VFIO_IOMMU_MAP_DMA"].layout
+_DMA_UNMAP = uapi.PACKED["VFIO_IOMMU_UNMAP_DMA"].layout
+_DMA_MAP_SIZE, _DMA_UNMAP_SIZE = _DMA_MAP.size, _DMA_UNMAP.size
+_READ, _WRITE = uapi.VFIO_DMA_MAP_FLAG_READ, uapi.VFIO_DMA_MAP_FLAG_WRITE
 
 #: Extensions a container may report, by their name in ``linux/vfio.h``.
 EXTENSIONS: Dict[str, int] = {
@@ -109,6 +108,7 @@ class Container(Handle):
         super().__init__(open_node(path, "container"), "container", ioctl_fn)
         #: The IOMMU model selected by :meth:`set_iommu`, None until then.
         self.iommu_type: Optional[int] = None
+        self._requests = uapi.RequestBuffers()
         try:
             self.api_version = self._ioctl("VFIO_GET_API_VERSION")
             if self.api_version != uapi.VFIO_API_VERSION:
@@ -164,9 +164,10 @@ class Container(Handle):
         """
         return self.info().iova_ranges or [IovaRange(0, IOVA_END - 1)]
 
-    @staticmethod
-    def _dma_map(vaddr: int, iova: int, size: int, flags: int) -> Any:
-        return uapi.ffi.new(_DMA_MAP, [_DMA_MAP_SIZE, flags, vaddr, iova, size])
+    def _dma_map(self, vaddr: int, iova: int, size: int, flags: int) -> bytearray:
+        request = self._requests.VFIO_IOMMU_MAP_DMA
+        _DMA_MAP.pack_into(request, 0, _DMA_MAP_SIZE, flags, vaddr, iova, size)
+        return request
 
     def map_dma(
         self,
@@ -180,11 +181,12 @@ class Container(Handle):
 
         ``readable``/``writable`` are from the device's point of view.
         """
-        flags = (uapi.VFIO_DMA_MAP_FLAG_READ if readable else 0) | (
-            uapi.VFIO_DMA_MAP_FLAG_WRITE if writable else 0
-        )
-        # Hot path (see benchmarks/): the error report is only built when the kernel refuses.
-        ret = self._ioctl_fn(self.fd, "VFIO_IOMMU_MAP_DMA", self._dma_map(vaddr, iova, size, flags))
+        # Hot path (see benchmarks/): packing inlined, the fd used without the property's
+        # closed check, the error report only built when the kernel refuses.
+        flags = (_READ if readable else 0) | (_WRITE if writable else 0)
+        request = self._requests.VFIO_IOMMU_MAP_DMA
+        _DMA_MAP.pack_into(request, 0, _DMA_MAP_SIZE, flags, vaddr, iova, size)
+        ret = self._ioctl_fn(self._fd, "VFIO_IOMMU_MAP_DMA", request)
         if ret < 0:
             self._refused(
                 -ret, "VFIO_IOMMU_MAP_DMA", vaddr=vaddr, iova=iova, size=size, flags=flags
@@ -195,7 +197,7 @@ class Container(Handle):
         vaddr: int,
         iova: int,
         size: int,
-        flags: int = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE,
+        flags: int = _READ | _WRITE,
     ) -> int:
         """VFIO_IOMMU_MAP_DMA with explicit flags, returning 0 or ``-errno``."""
         return self._ioctl_raw("VFIO_IOMMU_MAP_DMA", self._dma_map(vaddr, iova, size, flags))
@@ -216,23 +218,26 @@ class Container(Handle):
             flags=flags,
         )
 
-    @staticmethod
-    def _dma_unmap(iova: int, size: int, flags: int) -> Any:
-        return uapi.ffi.new(_DMA_UNMAP, [_DMA_UNMAP_SIZE, flags, iova, size])
+    def _dma_unmap(self, iova: int, size: int, flags: int) -> bytearray:
+        request = self._requests.VFIO_IOMMU_UNMAP_DMA
+        _DMA_UNMAP.pack_into(request, 0, _DMA_UNMAP_SIZE, flags, iova, size)
+        return request
 
     def unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
         """Unmap the IOVA range; return how many bytes the kernel actually unmapped."""
-        request = self._dma_unmap(iova, size, flags)
-        ret = self._ioctl_fn(self.fd, "VFIO_IOMMU_UNMAP_DMA", request)
+        # Hot path, as map_dma.
+        request = self._requests.VFIO_IOMMU_UNMAP_DMA
+        _DMA_UNMAP.pack_into(request, 0, _DMA_UNMAP_SIZE, flags, iova, size)
+        ret = self._ioctl_fn(self._fd, "VFIO_IOMMU_UNMAP_DMA", request)
         if ret < 0:
             self._refused(-ret, "VFIO_IOMMU_UNMAP_DMA", iova=iova, size=size, flags=flags)
-        return int(request.size)
+        return _DMA_UNMAP.unpack_from(request)[3]
 
     def raw_unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
         """VFIO_IOMMU_UNMAP_DMA returning the unmapped size or ``-errno``."""
-        unmap = self._dma_unmap(iova, size, flags)
-        ret = self._ioctl_raw("VFIO_IOMMU_UNMAP_DMA", unmap)
-        return ret if ret < 0 else int(unmap.size)
+        request = self._dma_unmap(iova, size, flags)
+        ret = self._ioctl_raw("VFIO_IOMMU_UNMAP_DMA", request)
+        return ret if ret < 0 else _DMA_UNMAP.unpack_from(request)[3]
 
     def unmap_all(self) -> int:
         """Unmap every mapping (VFIO_DMA_UNMAP_FLAG_ALL); return the bytes unmapped."""

@@ -114,7 +114,11 @@ class Handle(Closing):
 
     def _refused(self, errno: int, name: str, /, **arguments: Any) -> NoReturn:
         """Raise the VfioError for ioctl ``name`` refused with ``errno``; for hot paths that
-        issue the raw ioctl and only build the report when it fails."""
+        issue the raw ioctl on ``_fd`` and only build the report when it fails.
+
+        On a closed handle (the kernel said EBADF) it raises what :attr:`fd` raises.
+        """
+        self.fd  # noqa: B018 - the closed-handle check
         raise VfioError(errno, name, self.target, arguments)
 
     def _ioctl_raw(self, name: str, arg: Any = None) -> int:

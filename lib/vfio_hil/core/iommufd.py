@@ -15,6 +15,9 @@ from .handle import Handle, Owned, checked, open_node
 from .iova import IOVA_END, IovaRange
 
 IOMMUFD_PATH = "/dev/iommu"
+# Packed requests, as for the container's map and unmap (see uapi.PACKED).
+_IOAS_MAP = uapi.PACKED["IOMMU_IOAS_MAP"].layout
+_IOAS_UNMAP = uapi.PACKED["IOMMU_IOAS_UNMAP"].layout
 
 
 def _map_flags(iova: Optional[int], readable: bool, writable: bool) -> int:
@@ -33,6 +36,7 @@ class Iommufd(Handle):
     ) -> None:
         super().__init__(open_node(path, "iommufd"), "iommufd", ioctl_fn)
         self._ioas: List[Ioas] = []
+        self._requests = uapi.RequestBuffers()
 
     def _release(self) -> None:
         # The kernel frees the objects with the fd; only the Python side needs telling.
@@ -87,16 +91,15 @@ class Ioas(Owned[Iommufd]):
     def _strict(self, name: str, arg: Any, **arguments: Any) -> int:
         return checked(self._raw(name, arg), name, self.target, arguments)
 
-    @staticmethod
-    def _map(ioas_id: int, vaddr: int, size: int, iova: Optional[int], flags: int) -> Any:
-        return uapi.new(
-            "iommu_ioas_map",
-            flags=flags,
-            ioas_id=ioas_id,
-            user_va=vaddr,
-            length=size,
-            iova=iova or 0,
-        )
+    def _map(self, vaddr: int, size: int, iova: Optional[int], flags: int) -> bytearray:
+        request = self._live_owner()._requests.IOMMU_IOAS_MAP
+        _IOAS_MAP.pack_into(request, 0, _IOAS_MAP.size, flags, self.id, 0, vaddr, size, iova or 0)
+        return request
+
+    def _unmap(self, iova: int, size: int) -> bytearray:
+        request = self._live_owner()._requests.IOMMU_IOAS_UNMAP
+        _IOAS_UNMAP.pack_into(request, 0, _IOAS_UNMAP.size, self.id, iova, size)
+        return request
 
     def map(
         self,
@@ -112,27 +115,27 @@ class Ioas(Owned[Iommufd]):
         kernel picks the IOVA.
         """
         flags = _map_flags(iova, readable, writable)
-        request = self._map(self.id, vaddr, size, iova, flags)
+        request = self._map(vaddr, size, iova, flags)
         self._strict("IOMMU_IOAS_MAP", request, vaddr=vaddr, size=size, iova=iova, flags=flags)
-        return int(request.iova)
+        return _IOAS_MAP.unpack_from(request)[6]
 
     def raw_map(self, vaddr: int, size: int, iova: Optional[int], flags: int) -> int:
         """IOMMU_IOAS_MAP with explicit flags, returning the IOVA or ``-errno``."""
-        request = self._map(self.id, vaddr, size, iova, flags)
+        request = self._map(vaddr, size, iova, flags)
         ret = self._raw("IOMMU_IOAS_MAP", request)
-        return ret if ret < 0 else int(request.iova)
+        return ret if ret < 0 else _IOAS_MAP.unpack_from(request)[6]
 
     def unmap(self, iova: int, size: int) -> int:
         """IOMMU_IOAS_UNMAP; return the number of bytes unmapped."""
-        request = uapi.new("iommu_ioas_unmap", ioas_id=self.id, iova=iova, length=size)
+        request = self._unmap(iova, size)
         self._strict("IOMMU_IOAS_UNMAP", request, iova=iova, size=size)
-        return int(request.length)
+        return _IOAS_UNMAP.unpack_from(request)[3]
 
     def raw_unmap(self, iova: int, size: int) -> int:
         """IOMMU_IOAS_UNMAP returning the bytes unmapped or ``-errno``."""
-        request = uapi.new("iommu_ioas_unmap", ioas_id=self.id, iova=iova, length=size)
+        request = self._unmap(iova, size)
         ret = self._raw("IOMMU_IOAS_UNMAP", request)
-        return ret if ret < 0 else int(request.length)
+        return ret if ret < 0 else _IOAS_UNMAP.unpack_from(request)[3]
 
     def unmap_all(self) -> int:
         """Unmap everything (the range 0..U64_MAX); return the bytes unmapped."""

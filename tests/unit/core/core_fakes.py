@@ -6,6 +6,7 @@ answers through per-ioctl handlers that may write into the argument like the ker
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from pathlib import Path
@@ -28,6 +29,8 @@ def arg_bytes(arg: Any) -> Union[bytes, int, None]:
     (``argsz``/``size``) says, any other pointer or array whole; by-value ones as they are."""
     if arg is None or isinstance(arg, int):
         return arg
+    if isinstance(arg, bytearray):
+        return bytes(arg)
     ctype = uapi.ffi.typeof(arg)
     if ctype.kind == "array":
         return bytes(uapi.ffi.buffer(arg))
@@ -46,9 +49,14 @@ class FakeKernel:
         self.handlers: Dict[str, Handler] = {}
 
     def __call__(self, fd: int, name: str, arg: Any) -> int:
+        if fd < 0:
+            return -errno.EBADF
         node = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
         self.calls.append(Call(node, name, arg_bytes(arg)))
         handler = self.handlers.get(name)
+        if isinstance(arg, bytearray):
+            # A packed request: handlers see it through its declaration, writes land in it.
+            arg = uapi.ffi.from_buffer(f"struct {uapi.PACKED[name].struct_name} *", arg)
         return handler(arg) if handler else 0
 
     def names(self) -> List[str]:

@@ -204,6 +204,19 @@ def test_map_buffer_and_unmap_all_bytes(backend: ContainerBackend, kernel: Legac
         assert backend.iovas.allocated == []
 
 
+def test_map_on_a_closed_container_says_so(tmp_path: Path, kernel: LegacyKernel) -> None:
+    # The hot path skips the fd property's check and leaves it to the error path.
+    fake_pci_device(tmp_path, BDF, group=3)
+    container = Container(str(tmp_path / "dev/vfio/vfio"), ioctl_fn=kernel)
+    container.close()
+    for call in (
+        lambda: container.map_dma(0x1000, 0x1000, 4096),
+        lambda: container.unmap_dma(0x1000, 4096),
+    ):
+        with pytest.raises(ValueError, match="container is closed"):
+            call()
+
+
 def test_hot_reset_collects_the_group_fds(backend: ContainerBackend, kernel: LegacyKernel) -> None:
     device = backend.open_device(BDF)
     backend.hot_reset(device)

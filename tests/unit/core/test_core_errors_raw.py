@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,26 @@ def test_raw_returns_minus_errno() -> None:
         assert ioctl_raw(fd, "VFIO_GET_API_VERSION") == -errno.ENOTTY
         info = uapi.new("vfio_iommu_type1_info")
         assert ioctl_raw(fd, "VFIO_IOMMU_GET_INFO", info) == -errno.ENOTTY
+        # A packed request goes through fcntl.ioctl: the same -errno, not an OSError.
+        assert ioctl_raw(fd, "VFIO_IOMMU_UNMAP_DMA", bytearray(24)) == -errno.ENOTTY
     finally:
         os.close(fd)
     assert ioctl_raw(fd, "VFIO_GET_API_VERSION") == -errno.EBADF
+    assert ioctl_raw(fd, "VFIO_IOMMU_MAP_DMA", bytearray(32)) == -errno.EBADF
+    # fcntl itself refuses a negative fd; the answer is the kernel's.
+    assert ioctl_raw(-1, "VFIO_IOMMU_MAP_DMA", bytearray(32)) == -errno.EBADF
+
+
+def test_request_buffers_are_per_thread() -> None:
+    buffers = uapi.RequestBuffers()
+    mine = buffers.VFIO_IOMMU_MAP_DMA
+    assert len(mine) == uapi.ffi.sizeof("struct vfio_iommu_type1_dma_map")
+    assert buffers.VFIO_IOMMU_MAP_DMA is mine
+    theirs = []
+    worker = threading.Thread(target=lambda: theirs.append(buffers.VFIO_IOMMU_MAP_DMA))
+    worker.start()
+    worker.join()
+    assert theirs[0] is not mine and len(theirs[0]) == len(mine)
 
 
 def test_strict_raises() -> None:

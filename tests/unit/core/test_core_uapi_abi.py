@@ -271,3 +271,22 @@ def test_upstream_ioctl_numbers() -> None:
     assert uapi.IOCTLS["VFIO_DEVICE_DETACH_IOMMUFD_PT"] == 0x3B00 + 120
     assert uapi.IOCTLS["IOMMU_DESTROY"] == 0x3B80
     assert uapi.IOCTLS["IOMMU_IOAS_UNMAP"] == 0x3B86
+
+
+@pytest.mark.parametrize("ioctl", sorted(uapi.PACKED))
+def test_packed_layouts_match_the_declarations(ioctl: str) -> None:
+    # Each field packed with a distinct value must read back through the cffi declaration
+    # (checked against the header above) in the same field: order, widths and padding agree.
+    # A trailing flexible array takes no room and is not part of the request.
+    packed = uapi.PACKED[ioctl]
+    fields = [f for f in _fields(packed.struct_name) if not _is_flexible(f[1])]
+    assert packed.layout.size == uapi.ffi.sizeof(f"struct {packed.struct_name}")
+    assert len(fields) == len(packed.layout.unpack(bytes(packed.layout.size)))
+    values = [
+        (0x0101010101010101 * (i + 1)) & ((1 << 8 * uapi.ffi.sizeof(f.type)) - 1)
+        for i, (_, f) in enumerate(fields)
+    ]
+    buf = bytearray(packed.layout.size)
+    packed.layout.pack_into(buf, 0, *values)
+    view = uapi.ffi.from_buffer(f"struct {packed.struct_name} *", buf)
+    assert [getattr(view, name) for name, _ in fields] == values
