@@ -36,7 +36,8 @@ def main(argv: list[str]) -> int:
             try:
                 target = rack.ssh_target(HOST)
                 command = (
-                    "cd /work/main && .venv/bin/python benchmarks/dma_map_bench.py "
+                    f"cd {shlex.quote(str(HERE.parent))} && "
+                    ".venv/bin/python benchmarks/dma_map_bench.py "
                     f"--bdf {host.devices[0].bdf} --reserve-huge-page {shlex.join(extra)}"
                 )
                 return subprocess.run(

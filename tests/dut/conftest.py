@@ -1,7 +1,8 @@
 """Fixtures of the DUT tests: they run on a VFIO host (a rack DUT) as root, with the test
 devices already bound to vfio-pci, and drive them through ``vfio_hil.core``.
 
-Run inside a DUT:  ``cd /work/main && .venv/bin/python -m pytest -p no:cacheprovider tests/dut``
+Run inside a DUT, from the clone (a rack DUT sees it at the same path):
+``.venv/bin/python -m pytest -p no:cacheprovider tests/dut``
 Elsewhere every test skips, saying why.
 """
 

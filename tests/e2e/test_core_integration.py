@@ -1,11 +1,14 @@
 """The core library against real devices on the virtual rack: provision a host (its devices'
 IOMMU groups go to vfio-pci), run the tests/dut suite inside it as root, and give the
 devices back. The suite exercises every public call of ``vfio_hil.core`` against edu, NVMe
-and pci-testdev, including the 1000-cycle fd/mapping leak test."""
+and pci-testdev, including the 1000-cycle fd/mapping leak test. On the same host, before the
+devices go back, the DMA map/unmap benchmark runs once and prints its figures (they are
+shown, not judged: speed belongs to benchmarks, not to tests that could flake)."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Dict, List, NamedTuple
@@ -20,9 +23,16 @@ from vfio_hil.lab.rack import VirtualRack
 pytestmark = pytest.mark.e2e
 
 HOST = "e2e-intel"
-DUT_SUITE = "cd /work/main && .venv/bin/python -m pytest -p no:cacheprovider tests/dut -q -rs"
+#: This clone: the guest sees the controller's filesystem at the same paths.
+REPO = shlex.quote(str(Path(__file__).resolve().parents[2]))
+DUT_SUITE = f"cd {REPO} && .venv/bin/python -m pytest -p no:cacheprovider tests/dut -q -rs"
 #: The whole suite under TCG, with room for a loaded controller.
 SUITE_TIMEOUT_S = 1800
+#: A short benchmark run: enough for figures, not for a fine comparison (``make bench``).
+BENCH = (
+    f"cd {REPO} && .venv/bin/python benchmarks/dma_map_bench.py --rounds 3 --seconds 0.3 "
+    "--reserve-huge-page"
+)
 #: Why a DUT test may skip on the default Debian platform; anything else (a device missing,
 #: a fixture skipping) would quietly shrink the coverage and fails the run.
 EXPECTED_SKIPS = (
@@ -34,6 +44,7 @@ EXPECTED_SKIPS = (
 class DutRun(NamedTuple):
     returncode: int
     output: str
+    bench: subprocess.CompletedProcess
     drivers_before: Dict[str, str]
     drivers_after: Dict[str, str]
 
@@ -59,12 +70,13 @@ def dut_run(e2e_rack: VirtualRack, tmp_path_factory: pytest.TempPathFactory) -> 
     provisioner.setup(host)
     try:
         proc = _ssh(e2e_rack, HOST, DUT_SUITE)
+        bench = _ssh(e2e_rack, HOST, f"{BENCH} --bdf {host.devices[0].bdf}")
     finally:
         provisioner.teardown([host])
     after = pci_drivers(e2e_rack, HOST)
     output = proc.stdout + proc.stderr
     print(f"[dut] {HOST}: {output.strip().splitlines()[-1] if output.strip() else 'no output'}")
-    return DutRun(proc.returncode, output, before, after)
+    return DutRun(proc.returncode, output, bench, before, after)
 
 
 def _summary(output: str) -> Dict[str, int]:
@@ -97,3 +109,20 @@ def test_skips_are_only_for_what_the_platform_lacks(dut_run: DutRun) -> None:
 
 def test_devices_are_back_on_their_drivers(dut_run: DutRun) -> None:
     assert dut_run.drivers_after == dut_run.drivers_before
+
+
+def test_the_benchmark_prints_its_figures(
+    dut_run: DutRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = dut_run.bench
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    rows = re.findall(
+        r"^(?:.{22})?(C|Python floor|cffi floor|Container|IommuBackend) +(\d+)",
+        bench.stdout,
+        re.MULTILINE,
+    )
+    # Five loops for each of the two mappings, each with a rate.
+    assert len(rows) == 10 and all(int(rate) > 0 for _, rate in rows), bench.stdout
+    assert re.search(r"^library layers within 10% of the C loop: (yes|NO)$", bench.stdout, re.M)
+    with capsys.disabled():
+        print(f"\n[bench] {HOST}\n{bench.stdout.rstrip()}")
