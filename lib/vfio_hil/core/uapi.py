@@ -548,6 +548,11 @@ class RequestBuffers(threading.local):
     other's requests between packing and the ioctl.
     """
 
+    VFIO_IOMMU_MAP_DMA: bytearray
+    VFIO_IOMMU_UNMAP_DMA: bytearray
+    IOMMU_IOAS_MAP: bytearray
+    IOMMU_IOAS_UNMAP: bytearray
+
     def __init__(self) -> None:
         for name, packed in PACKED.items():
             setattr(self, name, bytearray(packed.layout.size))

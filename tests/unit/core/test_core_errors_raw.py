@@ -59,6 +59,8 @@ def test_request_buffers_are_per_thread() -> None:
     worker.start()
     worker.join()
     assert theirs[0] is not mine and len(theirs[0]) == len(mine)
+    # One declared attribute per packed request, no more, no less.
+    assert set(uapi.RequestBuffers.__annotations__) == set(uapi.PACKED)
 
 
 def test_strict_raises() -> None:
