@@ -125,6 +125,16 @@ def qemu_command(
     return cmd + list(vm.qemu_args)
 
 
+#: How often a boot picks a new SSH port when another program took the last one first.
+PORT_ATTEMPTS = 3
+#: What QEMU says when the port to forward SSH from is no longer free.
+HOSTFWD_TAKEN = "Could not set up host forwarding rule"
+
+
+class _PortTaken(RackError):
+    """QEMU exited because its SSH forwarding port was taken: worth another port."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -406,15 +416,30 @@ class VirtualRack:
         kernel = self.kernels.get(host.vm.kernel)
         accel = self.accel()
         self._ensure_keys(state)
-        port = _free_port()
-        self._write_ssh_files(host.name, state, port)
-        cmd = qemu_command(host, kernel, state, port, accel)
-        (state / "qemu.cmdline").write_text(" ".join(cmd) + "\n")
         self.log(
             f"{host.name}: booting ({accel}, {host.vm.iommu} IOMMU, kernel {kernel.release}, "
             f"{len(host.vm.devices)} test devices)"
         )
         start = time.monotonic()
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                port = self._start(host, kernel, state, accel)
+                break
+            except _PortTaken as taken:
+                # Another program bound the port between our probe and QEMU's bind (racks
+                # booting in parallel): a new port, not a failed boot.
+                if attempt == PORT_ATTEMPTS:
+                    raise RackError(str(taken)) from None
+                self.log(f"{host.name}: {taken}; retrying with another port")
+        self.log(f"{host.name}: up in {time.monotonic() - start:.1f} s, ssh 127.0.0.1:{port}")
+
+    def _start(self, host: Host, kernel: KernelImage, state: Path, accel: str) -> int:
+        """Start QEMU with SSH forwarded from a free loopback port and wait until the guest
+        answers there; return the port. Nothing is left running if it fails."""
+        port = _free_port()
+        self._write_ssh_files(host.name, state, port)
+        cmd = qemu_command(host, kernel, state, port, accel)
+        (state / "qemu.cmdline").write_text(" ".join(cmd) + "\n")
         with open(state / "qemu.log", "w") as err:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
@@ -428,11 +453,11 @@ class VirtualRack:
         }
         (state / "meta.json").write_text(json.dumps(meta))
         try:
-            self._wait_ready(host.name, proc, state, start)
+            self._wait_ready(host.name, proc, state, time.monotonic())
         except BaseException:
             self._kill(proc.pid)
             raise
-        self.log(f"{host.name}: up in {time.monotonic() - start:.1f} s, ssh 127.0.0.1:{port}")
+        return port
 
     def _wait_ready(self, host: str, proc: subprocess.Popen, state: Path, start: float) -> None:
         console = state / "console.log"
@@ -441,6 +466,8 @@ class VirtualRack:
             if proc.poll() is not None:
                 err = (state / "qemu.log").read_text().strip().splitlines()
                 reason = err[-1] if err else f"exit status {proc.returncode}"
+                if HOSTFWD_TAKEN in reason:
+                    raise _PortTaken(f"{host}: QEMU could not bind its SSH port: {reason}")
                 raise RackError(f"{host}: QEMU exited during boot: {reason} (console: {console})")
             text = console.read_text(errors="replace") if console.exists() else ""
             if "VFIOHIL-BOOT-FAILED" in text:

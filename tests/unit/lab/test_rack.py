@@ -1,11 +1,15 @@
-"""The QEMU command line and initramfs module order of the virtual rack (no VM)."""
+"""The virtual rack without a VM: the QEMU command line, the initramfs module order, and the
+boot's retry when its SSH port is taken (real QEMU, which exits before any guest runs)."""
 
 from __future__ import annotations
 
+import shutil
+import socket
 from pathlib import Path
 
 import pytest
 
+from vfio_hil.lab import rack
 from vfio_hil.lab.errors import RackError
 from vfio_hil.lab.inventory import load_inventory
 from vfio_hil.lab.kernel import KernelImage, initramfs_module_order
@@ -88,3 +92,52 @@ def test_multifunction_slot(tmp_path: Path) -> None:
     assert "edu,id=dev9,addr=0x9.0x0,multifunction=on" in line
     assert "edu,id=dev9f1,addr=0x9.0x1" in line
     assert [d.bdf for d in host.devices] == ["0000:00:09.0", "0000:00:09.1"]
+
+
+@pytest.fixture
+def doomed_rack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A rack whose host's kernel is junk: real QEMU starts and exits at once, never a VM."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed (make deps installs it)")
+    inv = tmp_path / "inv.yml"
+    inv.write_text("all:\n  children:\n    virtual:\n      hosts:\n        h: {}\n")
+    image = kernel(tmp_path)
+    image.vmlinuz.write_text("not a kernel\n")
+    image.initrd.write_bytes(b"")
+    image.modules_dir.mkdir()
+    logs: list[str] = []
+    vr = rack.VirtualRack(load_inventory(inv), home=tmp_path / "home", log=logs.append)
+    monkeypatch.setattr(vr.kernels, "get", lambda _name: image)
+    monkeypatch.setattr(vr, "accel", lambda: "tcg")
+    return vr, logs
+
+
+def test_boot_takes_another_port_when_qemu_cannot_bind_it(
+    doomed_rack, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    vr, logs = doomed_rack
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1], rack._free_port()])
+        monkeypatch.setattr(rack, "_free_port", lambda: next(ports))
+        with pytest.raises(RackError, match=r"QEMU exited during boot: qemu: .*kernel"):
+            vr.up(["h"])
+    # The first QEMU could not bind its port: retried on the second, which got as far as the
+    # (junk) kernel.
+    assert any("could not bind its SSH port" in m and "retrying" in m for m in logs), logs
+    assert not vr.status(vr.inventory.hosts["h"]).running
+
+
+def test_boot_gives_up_after_three_taken_ports(
+    doomed_rack, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    vr, logs = doomed_rack
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(rack, "_free_port", lambda: port)
+        with pytest.raises(RackError, match=rf"could not bind its SSH port.*127\.0\.0\.1:{port}"):
+            vr.up(["h"])
+    assert sum("retrying" in m for m in logs) == rack.PORT_ATTEMPTS - 1
