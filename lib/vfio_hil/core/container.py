@@ -231,13 +231,13 @@ class Container(Handle):
         ret = self._ioctl_fn(self._fd, "VFIO_IOMMU_UNMAP_DMA", request)
         if ret < 0:
             self._refused(-ret, "VFIO_IOMMU_UNMAP_DMA", iova=iova, size=size, flags=flags)
-        return _DMA_UNMAP.unpack_from(request)[3]
+        return _DMA_UNMAP.unpack_from(request)[3]  # size
 
     def raw_unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
         """VFIO_IOMMU_UNMAP_DMA returning the unmapped size or ``-errno``."""
         request = self._dma_unmap(iova, size, flags)
         ret = self._ioctl_raw("VFIO_IOMMU_UNMAP_DMA", request)
-        return ret if ret < 0 else _DMA_UNMAP.unpack_from(request)[3]
+        return ret if ret < 0 else _DMA_UNMAP.unpack_from(request)[3]  # size
 
     def unmap_all(self) -> int:
         """Unmap every mapping (VFIO_DMA_UNMAP_FLAG_ALL); return the bytes unmapped."""

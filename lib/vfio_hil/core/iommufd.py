@@ -117,25 +117,25 @@ class Ioas(Owned[Iommufd]):
         flags = _map_flags(iova, readable, writable)
         request = self._map(vaddr, size, iova, flags)
         self._strict("IOMMU_IOAS_MAP", request, vaddr=vaddr, size=size, iova=iova, flags=flags)
-        return _IOAS_MAP.unpack_from(request)[6]
+        return _IOAS_MAP.unpack_from(request)[6]  # iova
 
     def raw_map(self, vaddr: int, size: int, iova: Optional[int], flags: int) -> int:
         """IOMMU_IOAS_MAP with explicit flags, returning the IOVA or ``-errno``."""
         request = self._map(vaddr, size, iova, flags)
         ret = self._raw("IOMMU_IOAS_MAP", request)
-        return ret if ret < 0 else _IOAS_MAP.unpack_from(request)[6]
+        return ret if ret < 0 else _IOAS_MAP.unpack_from(request)[6]  # iova
 
     def unmap(self, iova: int, size: int) -> int:
         """IOMMU_IOAS_UNMAP; return the number of bytes unmapped."""
         request = self._unmap(iova, size)
         self._strict("IOMMU_IOAS_UNMAP", request, iova=iova, size=size)
-        return _IOAS_UNMAP.unpack_from(request)[3]
+        return _IOAS_UNMAP.unpack_from(request)[3]  # length
 
     def raw_unmap(self, iova: int, size: int) -> int:
         """IOMMU_IOAS_UNMAP returning the bytes unmapped or ``-errno``."""
         request = self._unmap(iova, size)
         ret = self._raw("IOMMU_IOAS_UNMAP", request)
-        return ret if ret < 0 else _IOAS_UNMAP.unpack_from(request)[3]
+        return ret if ret < 0 else _IOAS_UNMAP.unpack_from(request)[3]  # length
 
     def unmap_all(self) -> int:
         """Unmap everything (the range 0..U64_MAX); return the bytes unmapped."""
