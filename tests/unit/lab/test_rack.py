@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -112,17 +113,23 @@ def doomed_rack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignor
     return vr, logs
 
 
-def test_boot_takes_another_port_when_qemu_cannot_bind_it(
-    doomed_rack, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
-    vr, logs = doomed_rack
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port somebody else listens on."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        ports = iter([taken.getsockname()[1], rack._free_port()])
-        monkeypatch.setattr(rack, "_free_port", lambda: next(ports))
-        with pytest.raises(RackError, match=r"QEMU exited during boot: qemu: .*kernel"):
-            vr.up(["h"])
+        yield taken.getsockname()[1]
+
+
+def test_boot_takes_another_port_when_qemu_cannot_bind_it(
+    doomed_rack, taken_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    vr, logs = doomed_rack
+    ports = iter([taken_port, rack._free_port()])
+    monkeypatch.setattr(rack, "_free_port", lambda: next(ports))
+    with pytest.raises(RackError, match=r"QEMU exited during boot: qemu: .*kernel"):
+        vr.up(["h"])
     # The first QEMU could not bind its port: retried on the second, which got as far as the
     # (junk) kernel.
     assert any("could not bind its SSH port" in m and "retrying" in m for m in logs), logs
@@ -130,14 +137,10 @@ def test_boot_takes_another_port_when_qemu_cannot_bind_it(
 
 
 def test_boot_gives_up_after_three_taken_ports(
-    doomed_rack, monkeypatch: pytest.MonkeyPatch
+    doomed_rack, taken_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     vr, logs = doomed_rack
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        monkeypatch.setattr(rack, "_free_port", lambda: port)
-        with pytest.raises(RackError, match=rf"could not bind its SSH port.*127\.0\.0\.1:{port}"):
-            vr.up(["h"])
+    monkeypatch.setattr(rack, "_free_port", lambda: taken_port)
+    with pytest.raises(RackError, match=rf"could not bind its SSH port.*127\.0\.0\.1:{taken_port}"):
+        vr.up(["h"])
     assert sum("retrying" in m for m in logs) == rack.PORT_ATTEMPTS - 1
