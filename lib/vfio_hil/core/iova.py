@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import mmap
 from typing import Dict, Iterable, List, NamedTuple, Optional
 
@@ -34,6 +35,9 @@ class IovaAllocator:
     cross a range boundary, so every IOVA handed out is one the kernel will accept. IOVAs
     mapped at fixed addresses by other means should be :meth:`reserve`-d so the allocator
     does not hand them out again.
+
+    It keeps the free holes, in address order: an allocation looks at holes, not at the
+    allocations before it, so mapping tens of thousands of buffers stays linear.
     """
 
     def __init__(self, ranges: Iterable[IovaRange], alignment: int = mmap.PAGESIZE) -> None:
@@ -42,8 +46,16 @@ class IovaAllocator:
         self.ranges = sorted(IovaRange(*r) for r in ranges)
         if not self.ranges:
             raise ValueError("an IOVA allocator needs at least one allowed range")
+        for before, after in zip(self.ranges, self.ranges[1:]):
+            if after.start <= before.last:
+                raise ValueError(f"IOVA ranges {before} and {after} overlap")
         self.alignment = alignment
         self._used: Dict[int, int] = {}
+        # The free holes: first and last IOVA of each, in address order, never spanning two
+        # ranges (a hole does not merge across the start of a range).
+        self._hole_starts = [r.start for r in self.ranges]
+        self._hole_lasts = [r.last for r in self.ranges]
+        self._range_starts = frozenset(self._hole_starts)
 
     def _round(self, size: int) -> int:
         if size <= 0:
@@ -60,6 +72,14 @@ class IovaAllocator:
                 return start
         return None
 
+    def _take(self, hole: int, iova: int, size: int) -> None:
+        """Allocate ``[iova, iova+size)`` out of hole number ``hole``, which holds it."""
+        first, last = self._hole_starts[hole], self._hole_lasts[hole]
+        parts = [(a, b) for a, b in ((first, iova - 1), (iova + size, last)) if a <= b]
+        self._hole_starts[hole : hole + 1] = [a for a, _ in parts]
+        self._hole_lasts[hole : hole + 1] = [b for _, b in parts]
+        self._used[iova] = size
+
     def alloc(self, size: int, align: Optional[int] = None, limit: int = IOVA_END) -> int:
         """Return a free IOVA for ``size`` bytes, aligned to ``align`` (default: the allocator
         alignment), ending at or below ``limit`` (exclusive; e.g. a device's DMA mask).
@@ -68,17 +88,13 @@ class IovaAllocator:
         """
         size = self._round(size)
         align = max(align or self.alignment, self.alignment)
-        used = sorted(self._used.items())
-        for r in self.ranges:
-            candidate = _align_up(r.start, align)
-            for start, length in used:
-                if start + length <= candidate:
-                    continue
-                if start >= candidate + size:
-                    break
-                candidate = _align_up(start + length, align)
-            if candidate + size - 1 <= min(r.last, limit - 1):
-                self._used[candidate] = size
+        highest = limit - 1
+        for hole, (first, last) in enumerate(zip(self._hole_starts, self._hole_lasts)):
+            candidate = _align_up(first, align)
+            if candidate + size - 1 > highest:
+                break
+            if candidate + size - 1 <= last:
+                self._take(hole, candidate, size)
                 return candidate
         raise IovaExhaustedError(
             f"no free {size:#x}-byte IOVA range aligned to {align:#x} below {limit:#x} "
@@ -93,17 +109,36 @@ class IovaAllocator:
             raise ValueError(f"IOVA {iova:#x} is not aligned to {self.alignment:#x}")
         if not self._fits(iova, size):
             raise ValueError(f"IOVA range {iova:#x}+{size:#x} is outside the allowed ranges")
-        clash = self._overlapping(iova, size)
-        if clash is not None:
+        hole = bisect.bisect_right(self._hole_starts, iova) - 1
+        if hole < 0 or self._hole_lasts[hole] < iova + size - 1:
             raise ValueError(
-                f"IOVA range {iova:#x}+{size:#x} overlaps the allocation at {clash:#x}"
+                f"IOVA range {iova:#x}+{size:#x} overlaps the allocation at "
+                f"{self._overlapping(iova, size):#x}"
             )
-        self._used[iova] = size
+        self._take(hole, iova, size)
 
     def free(self, iova: int) -> None:
         """Release the allocation (or reservation) starting at ``iova``."""
-        if self._used.pop(iova, None) is None:
+        size = self._used.pop(iova, None)
+        if size is None:
             raise ValueError(f"IOVA {iova:#x} is not allocated")
+        first, last = iova, iova + size - 1
+        hole = bisect.bisect_left(self._hole_starts, iova)
+        # Merge with the holes either side when they touch and lie in the same range.
+        after = last + 1
+        if (
+            hole < len(self._hole_starts)
+            and self._hole_starts[hole] == after
+            and after not in self._range_starts
+        ):
+            last = self._hole_lasts[hole]
+            del self._hole_starts[hole], self._hole_lasts[hole]
+        if hole > 0 and self._hole_lasts[hole - 1] == first - 1 and first not in self._range_starts:
+            hole -= 1
+            first = self._hole_starts[hole]
+            del self._hole_starts[hole], self._hole_lasts[hole]
+        self._hole_starts.insert(hole, first)
+        self._hole_lasts.insert(hole, last)
 
     @property
     def allocated(self) -> List[IovaRange]:

@@ -3,6 +3,9 @@ refuses overlaps."""
 
 from __future__ import annotations
 
+import random
+from typing import List, Optional
+
 import pytest
 
 from vfio_hil.core import IovaAllocator, IovaExhaustedError, IovaRange
@@ -82,3 +85,68 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="at least one"):
         IovaAllocator([])
     assert IovaRange(0x1000, 0x1FFF).size == 0x1000
+
+
+class FirstFit:
+    """The reference: first fit by walking every live allocation in address order."""
+
+    def __init__(self, ranges: List[IovaRange], alignment: int = 4096) -> None:
+        self.ranges, self.alignment, self.used = ranges, alignment, {}
+
+    def alloc(self, size: int, align: int, limit: int) -> Optional[int]:
+        size = -(-size // self.alignment) * self.alignment
+        for r in self.ranges:
+            candidate = -(-r.start // align) * align
+            for start, length in sorted(self.used.items()):
+                if start + length > candidate and start < candidate + size:
+                    candidate = -(-(start + length) // align) * align
+            if candidate + size - 1 <= min(r.last, limit - 1):
+                self.used[candidate] = size
+                return candidate
+        return None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_hole_list_agrees_with_first_fit(seed: int) -> None:
+    # Adjacent ranges too: a freed block must not merge holes across a range start.
+    ranges = [
+        IovaRange(0x1000, 0x40FFF),
+        IovaRange(0x41000, 0x7FFFF),
+        IovaRange(0x100000, 0x1FFFFF),
+    ]
+    rng = random.Random(seed)
+    alloc, reference = IovaAllocator(ranges, alignment=4096), FirstFit(ranges)
+    for _ in range(400):
+        if reference.used and rng.random() < 0.4:
+            iova = rng.choice(sorted(reference.used))
+            alloc.free(iova)
+            del reference.used[iova]
+            continue
+        size = rng.choice([4096, 8192, 0x3000, 0x10000, 0x42000])
+        align = rng.choice([4096, 4096, 0x10000])
+        limit = rng.choice([1 << 64, 0x80000])
+        expected = reference.alloc(size, align, limit)
+        if expected is None:
+            with pytest.raises(IovaExhaustedError):
+                alloc.alloc(size, align=align, limit=limit)
+        else:
+            assert alloc.alloc(size, align=align, limit=limit) == expected
+        assert alloc.allocated == [
+            IovaRange(s, s + n - 1) for s, n in sorted(reference.used.items())
+        ]
+
+
+def test_many_allocations_free_back_to_the_ranges() -> None:
+    alloc = IovaAllocator(RANGES)
+    iovas = [alloc.alloc(4096) for _ in range(20000)]
+    assert iovas == [i * 4096 for i in range(20000)]
+    for iova in iovas[::2] + iovas[1::2]:
+        alloc.free(iova)
+    assert alloc.allocated == []
+    # Every hole merged back: the whole first range is one hole again.
+    assert alloc.alloc(0xFEE00000) == 0
+
+
+def test_overlapping_ranges_are_refused() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        IovaAllocator([IovaRange(0, 0x1FFF), IovaRange(0x1000, 0x2FFF)])
