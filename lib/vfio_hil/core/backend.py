@@ -20,7 +20,7 @@ from .device import VFIO_CDEV_DIR, Device
 from .dma import DmaBuffer
 from .errors import BackendUnavailableError, UnsafeModeError
 from .group import VFIO_DEV_DIR, Group
-from .handle import Closing, Owned
+from .handle import Closing, Owned, Registry
 from .iommufd import IOMMUFD_PATH, Ioas, Iommufd
 from .iova import IOVA_END, IovaAllocator, IovaRange
 
@@ -73,7 +73,7 @@ class IommuBackend(Closing, abc.ABC):
 
     def __init__(self) -> None:
         self._devices: List[Device] = []
-        self._mappings: List[DmaMapping] = []
+        self._mappings: Registry[DmaMapping] = Registry()
         self._iovas: Optional[IovaAllocator] = None
         self._closed = False
 
@@ -160,7 +160,7 @@ class IommuBackend(Closing, abc.ABC):
             self.iovas.free(iova)
             raise
         mapping = DmaMapping(self, buffer, iova)
-        self._mappings.append(mapping)
+        self._mappings.add(mapping)
         return mapping
 
     def close(self) -> None:
@@ -170,7 +170,7 @@ class IommuBackend(Closing, abc.ABC):
         self._closed = True
         try:
             while self._mappings:
-                self._mappings[-1].close()
+                self._mappings.newest().close()
         finally:
             try:
                 for device in self._devices:

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import caps, pci, sysfs, uapi
 from .errors import BackendUnavailableError, VfioError
-from .handle import Handle, checked, open_node
+from .handle import Handle, Registry, checked, open_node
 from .irq import EventFd, IoEventFd, IrqEventFds
 from .region import Bar, RegionInfo, check_access, check_value, parse_region_info
 
@@ -133,9 +133,9 @@ class Device(Handle):
         self.bdf = bdf
         #: The iommufd device id once bound (:meth:`bind_iommufd`), else None.
         self.devid: Optional[int] = None
-        self._bars: List[Bar] = []
-        self._irqs: List[IrqEventFds] = []
-        self._ioeventfds: List[IoEventFd] = []
+        self._bars: Registry[Bar] = Registry()
+        self._irqs: Registry[IrqEventFds] = Registry()
+        self._ioeventfds: Registry[IoEventFd] = Registry()
         self._region_offsets: Dict[int, int] = {}
 
     @classmethod
@@ -163,12 +163,12 @@ class Device(Handle):
         # Owned objects first: they may still need the fd (IRQ disable, ioeventfd removal).
         try:
             while self._ioeventfds:
-                self._ioeventfds[-1].close()
+                self._ioeventfds.newest().close()
             while self._irqs:
-                self._irqs[-1].close()
+                self._irqs.newest().close()
         finally:
             while self._bars:
-                self._bars[-1].close()
+                self._bars.newest().close()
 
     # -- info ------------------------------------------------------------------------------
 
@@ -294,7 +294,7 @@ class Device(Handle):
         if region.size == 0:
             raise ValueError(f"{self.target} has no region {index} (size 0)")
         bar = Bar(self, region)
-        self._bars.append(bar)
+        self._bars.add(bar)
         return bar
 
     # -- interrupts --------------------------------------------------------------------------
@@ -395,7 +395,7 @@ class Device(Handle):
         Returns a context manager; closing it disables the index and closes the eventfds.
         """
         irqs = IrqEventFds(self, index, count, start)
-        self._irqs.append(irqs)
+        self._irqs.add(irqs)
         return irqs
 
     # -- resets ------------------------------------------------------------------------------
@@ -501,7 +501,7 @@ class Device(Handle):
         write; closing it removes the ioeventfd and closes the eventfd.
         """
         ioeventfd = IoEventFd(self, index, offset, width, data)
-        self._ioeventfds.append(ioeventfd)
+        self._ioeventfds.add(ioeventfd)
         return ioeventfd
 
     # -- device features ---------------------------------------------------------------------

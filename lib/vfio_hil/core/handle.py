@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from types import TracebackType
-from typing import Any, Generic, Mapping, NoReturn, Optional, Type, TypeVar
+from typing import Any, Dict, Generic, Iterator, Mapping, NoReturn, Optional, Type, TypeVar
 
 from . import uapi
 from .errors import VfioError
@@ -13,6 +13,7 @@ from .errors import VfioError
 _C = TypeVar("_C", bound="Closing")
 _O = TypeVar("_O", bound="Owned[Any]")
 _Owner = TypeVar("_Owner")
+_T = TypeVar("_T")
 
 
 def open_node(path: str, target: str) -> int:
@@ -144,6 +145,42 @@ class Handle(Closing):
             setattr(full, field, value)
         self._ioctl(name, full, **fields)
         return bytes(uapi.ffi.buffer(raw, min(int(full.argsz), len(raw))))
+
+
+class Registry(Generic[_T]):
+    """The live objects an owner made, in creation order: adding and removing any one of
+    them takes constant time, so an owner of tens of thousands (DMA mappings) closes them
+    in linear time whatever the order."""
+
+    def __init__(self) -> None:
+        self._items: Dict[_T, None] = {}
+
+    def add(self, item: _T) -> None:
+        """Register ``item`` as the newest."""
+        self._items[item] = None
+
+    def remove(self, item: _T) -> None:
+        """Forget ``item``; KeyError if it is not registered."""
+        del self._items[item]
+
+    def newest(self) -> _T:
+        """The most recently added live item; IndexError when empty."""
+        for item in reversed(self._items):
+            return item
+        raise IndexError("the registry is empty")
+
+    def clear(self) -> None:
+        """Forget every item."""
+        self._items.clear()
+
+    def __iter__(self) -> Iterator[_T]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Registry({list(self._items)!r})"
 
 
 class Owned(Closing, Generic[_Owner]):

@@ -11,7 +11,7 @@ import errno
 from typing import Any, List, Optional, Sequence, Tuple
 
 from . import uapi
-from .handle import Handle, Owned, checked, open_node
+from .handle import Handle, Owned, Registry, checked, open_node
 from .iova import IOVA_END, IovaRange
 
 IOMMUFD_PATH = "/dev/iommu"
@@ -35,7 +35,7 @@ class Iommufd(Handle):
         self, path: str = IOMMUFD_PATH, *, ioctl_fn: uapi.IoctlFn = uapi.ioctl_raw
     ) -> None:
         super().__init__(open_node(path, "iommufd"), "iommufd", ioctl_fn)
-        self._ioas: List[Ioas] = []
+        self._ioas: Registry[Ioas] = Registry()
         self._requests = uapi.RequestBuffers()
 
     def _release(self) -> None:
@@ -49,7 +49,7 @@ class Iommufd(Handle):
         alloc = uapi.new("iommu_ioas_alloc")
         self._ioctl("IOMMU_IOAS_ALLOC", alloc)
         ioas = Ioas(self, int(alloc.out_ioas_id))
-        self._ioas.append(ioas)
+        self._ioas.add(ioas)
         return ioas
 
     def raw_alloc_ioas(self, flags: int = 0) -> int:

@@ -34,7 +34,7 @@ def device(tmp_path: Path) -> Iterator[Device]:
 
 def _bar(device: Device, flags: int) -> Bar:
     bar = Bar(device, RegionInfo(0, flags, SIZE, 0))
-    device._bars.append(bar)
+    device._bars.add(bar)
     return bar
 
 
@@ -87,7 +87,7 @@ def test_bar_close_leaves_device_open(device: Device) -> None:
     with _bar(device, RW | MMAP) as bar:
         bar.read32(0)
     assert bar.closed and not device.closed
-    assert device._bars == []
+    assert len(device._bars) == 0
 
 
 def test_ioctls_on_a_non_vfio_fd_raise(device: Device) -> None:
@@ -142,7 +142,7 @@ def test_sparse_areas_are_the_only_mappings(tmp_path: Path) -> None:
 
 def _region_bar(device: Device, region: RegionInfo) -> Bar:
     bar = Bar(device, region)
-    device._bars.append(bar)
+    device._bars.add(bar)
     return bar
 
 
@@ -246,7 +246,7 @@ def test_irq_eventfds_failure_closes_the_eventfds(fake_device: Tuple[Device, Fak
         device.irq_eventfds(1, count=3)
     assert info.value.arguments["count"] == 3
     assert len(os.listdir("/proc/self/fd")) == before
-    assert device._irqs == []
+    assert len(device._irqs) == 0
 
 
 def test_hot_reset_info_grows_its_buffer(fake_device: Tuple[Device, FakeKernel]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vfio_hil.core import Container, Group, VfioError, ioctl_raw, uapi
+from vfio_hil.core.handle import Registry
 
 
 def test_message_format() -> None:
@@ -129,3 +130,22 @@ def test_unclosed_handle_warns_and_closes(tmp_path: Path) -> None:
     with pytest.warns(ResourceWarning):
         del group
     assert _open_fds() == before
+
+
+def test_registry_keeps_creation_order_and_forgets_in_any_order() -> None:
+    registry: Registry[object] = Registry()
+    items = [object() for _ in range(5)]
+    for item in items:
+        registry.add(item)
+    registry.remove(items[0])
+    registry.remove(items[3])
+    assert list(registry) == [items[1], items[2], items[4]] and len(registry) == 3
+    assert registry.newest() is items[4]
+    # Iterating gives a snapshot: closing (removing) while walking it is safe.
+    for item in registry:
+        registry.remove(item)
+    assert len(registry) == 0
+    with pytest.raises(IndexError):
+        registry.newest()
+    with pytest.raises(KeyError):
+        registry.remove(items[0])

@@ -147,7 +147,7 @@ def test_map_unmap_and_ranges(backend: IommufdBackend, kernel: FakeKernel) -> No
         backend.map_buffer(buf)
         backend.unmap_all()
         assert kernel.last("IOMMU_IOAS_UNMAP").arg == struct.pack("=IIQQ", 24, IOAS_ID, 0, U64_MAX)
-        assert backend._mappings == []
+        assert len(backend._mappings) == 0
 
 
 def test_hot_reset_passes_no_group_fds(backend: IommufdBackend, kernel: FakeKernel) -> None:
