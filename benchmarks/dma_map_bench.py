@@ -17,6 +17,7 @@ then the library's ``Container`` and ``IommuBackend`` methods.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import statistics
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import cffi
 
@@ -47,6 +48,8 @@ RW = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
 HUGE_POOL = f"/sys/kernel/mm/hugepages/hugepages-{HUGE_2M >> 10}kB/nr_hugepages"
 #: The Python layer's budget over the C loop, for the verdict line.
 BUDGET_PCT = 10.0
+#: Live mapping counts for the scaling figures (the kernel allows 65535 by default).
+MANY = (500, 5000)
 #: The loops the library layers are compared with (columns of the report).
 REFERENCES = ("C", "Python floor")
 #: Loops that are references, not library layers: they are not judged against the budget.
@@ -150,6 +153,21 @@ def loops_for(backend: ContainerBackend, c_loop: CLoop, buf: DmaBuffer) -> Dict[
     }
 
 
+def many_mappings(backend: ContainerBackend, count: int) -> Tuple[float, float]:
+    """Microseconds per mapping to map ``count`` live 4 KiB buffers with IOVAs from the
+    backend's allocator (:meth:`map_buffer`), then to close them oldest first. Flat figures
+    as ``count`` grows mean linear cost."""
+    with contextlib.ExitStack() as stack:
+        buffers = [stack.enter_context(DmaBuffer(PAGE_4K)) for _ in range(count)]
+        start = time.perf_counter()
+        mappings = [backend.map_buffer(buf) for buf in buffers]
+        mapped = time.perf_counter()
+        for mapping in mappings:
+            mapping.close()
+        closed = time.perf_counter()
+    return (mapped - start) / count * 1e6, (closed - mapped) / count * 1e6
+
+
 def huge_buffer(reserve: bool) -> DmaBuffer:
     """A 2 MiB buffer on a huge page if the pool has one (or ``reserve`` may add one), else on
     base pages."""
@@ -215,6 +233,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 ):
                     rates = measure(loops_for(backend, c_loop, buf), args.rounds, args.seconds)
                     results.append(Result(label, rates))
+            scaling = {count: many_mappings(backend, count) for count in MANY}
         finally:
             if pool is not None and sysfs.hugepage_pool(HUGE_2M) != pool:
                 with open(HUGE_POOL, "w") as f:
@@ -229,6 +248,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"library layers within {BUDGET_PCT:.0f}% of the {reference} loop: "
             f"{'yes' if ok else 'NO'}"
         )
+    print("IommuBackend.map_buffer with many live 4 KiB mappings, microseconds per mapping")
+    print(f"{'mappings':>10}{'map':>10}{'close':>10}")
+    for count, (map_us, close_us) in scaling.items():
+        print(f"{count:>10}{map_us:>10.1f}{close_us:>10.1f}")
     return 0
 
 

@@ -124,5 +124,7 @@ def test_the_benchmark_prints_its_figures(
     # Five loops for each of the two mappings, each with a rate.
     assert len(rows) == 10 and all(int(rate) > 0 for _, rate in rows), bench.stdout
     assert re.search(r"^library layers within 10% of the C loop: (yes|NO)$", bench.stdout, re.M)
+    # And the cost per mapping with many live ones, for each count.
+    assert len(re.findall(r"^ +\d+ +[\d.]+ +[\d.]+$", bench.stdout, re.M)) == 2, bench.stdout
     with capsys.disabled():
         print(f"\n[bench] {HOST}\n{bench.stdout.rstrip()}")
