@@ -74,10 +74,17 @@ class IovaAllocator:
 
     def _take(self, hole: int, iova: int, size: int) -> None:
         """Allocate ``[iova, iova+size)`` out of hole number ``hole``, which holds it."""
-        first, last = self._hole_starts[hole], self._hole_lasts[hole]
-        parts = [(a, b) for a, b in ((first, iova - 1), (iova + size, last)) if a <= b]
-        self._hole_starts[hole : hole + 1] = [a for a, _ in parts]
-        self._hole_lasts[hole : hole + 1] = [b for _, b in parts]
+        starts, lasts = self._hole_starts, self._hole_lasts
+        end, last = iova + size, lasts[hole]
+        if starts[hole] < iova:
+            lasts[hole] = iova - 1  # the part before stays a hole
+            if end <= last:  # and so does the part after
+                starts.insert(hole + 1, end)
+                lasts.insert(hole + 1, last)
+        elif end <= last:
+            starts[hole] = end
+        else:
+            del starts[hole], lasts[hole]
         self._used[iova] = size
 
     def alloc(self, size: int, align: Optional[int] = None, limit: int = IOVA_END) -> int:
@@ -90,10 +97,11 @@ class IovaAllocator:
         align = max(align or self.alignment, self.alignment)
         highest = limit - 1
         for hole, (first, last) in enumerate(zip(self._hole_starts, self._hole_lasts)):
-            candidate = _align_up(first, align)
-            if candidate + size - 1 > highest:
+            candidate = -(-first // align) * align  # aligned up
+            end = candidate + size - 1
+            if end > highest:
                 break
-            if candidate + size - 1 <= last:
+            if end <= last:
                 self._take(hole, candidate, size)
                 return candidate
         raise IovaExhaustedError(
