@@ -15,10 +15,12 @@ Measured on QEMU 7.2, and the reason for the limits enforced here:
 from __future__ import annotations
 
 import time
+from typing import Dict
 
 from .. import uapi
 from ..device import Device
 from ..handle import Closing
+from .engine import ENGINES, DmaEngine, EngineCaps, EngineMemory, RegisterProbe, Transfer
 
 EDU_VENDOR_ID = 0x1234
 EDU_DEVICE_ID = 0x11E8
@@ -120,7 +122,9 @@ class Edu(Closing):
                 raise TimeoutError(f"edu DMA on {self.device.bdf} still running after {timeout_s}s")
             time.sleep(0.005)
 
-    def _dma(self, src: int, dst: int, size: int, cmd: int, timeout_s: float) -> None:
+    def start_dma(self, src: int, dst: int, size: int, cmd: int) -> None:
+        """Program and start one transfer (``cmd``: :data:`DMA_CMD_TO_RAM`,
+        :data:`DMA_CMD_IRQ`); addresses as the device sees them. Does not wait."""
         if self.dma_busy():
             # The device ignores register writes while a DMA runs.
             raise RuntimeError(f"edu DMA on {self.device.bdf} already in progress")
@@ -128,6 +132,9 @@ class Edu(Closing):
         self.bar.write64(REG_DMA_DST, dst)
         self.bar.write64(REG_DMA_COUNT, size)
         self.bar.write64(REG_DMA_CMD, cmd | DMA_CMD_START)
+
+    def _dma(self, src: int, dst: int, size: int, cmd: int, timeout_s: float) -> None:
+        self.start_dma(src, dst, size, cmd)
         self.wait_dma(timeout_s)
 
     def dma_to_device(
@@ -157,3 +164,144 @@ class Edu(Closing):
     def close(self) -> None:
         """Unmap BAR0. Idempotent; the device stays open."""
         self.bar.close()
+
+
+#: Bytes an :class:`EduEngine` transfer moves by default: a fraction of the device buffer.
+ENGINE_UNIT = 256
+#: The interrupt status bit :class:`EduEngine` raises (edu's DMA and factorial logic use others).
+ENGINE_IRQ_BIT = 0x1000
+
+
+def is_edu(device: Device) -> bool:
+    """True when ``device``'s config space IDs are edu's."""
+    return (device.config_read(0x00, 2), device.config_read(0x02, 2)) == (
+        EDU_VENDOR_ID,
+        EDU_DEVICE_ID,
+    )
+
+
+@ENGINES.register
+class EduEngine(DmaEngine):
+    """QEMU's edu as a :class:`~.engine.DmaEngine`: its 4 KiB buffer is the payload.
+
+    Device-to-host transfers write the buffer's first bytes; host-to-device transfers load
+    them, so :meth:`prime` loads the payload through a staging page of the engine's own, and
+    :meth:`holds` writes the buffer out to that page to look at it. edu reports nothing about
+    a blocked DMA: only the data and the IOMMU's fault record tell.
+    """
+
+    name = "edu"
+    _CAPS = EngineCaps(
+        to_host=True,
+        from_host=True,
+        to_host_size=ENGINE_UNIT,
+        from_host_size=ENGINE_UNIT,
+        max_transfer=MAX_DMA_SIZE,
+        alignment=1,
+        address_bits=28,
+        irq_indexes=(uapi.VFIO_PCI_INTX_IRQ_INDEX, uapi.VFIO_PCI_MSI_IRQ_INDEX),
+        reports_blocked_dma=False,
+    )
+
+    def __init__(self, device: Device, memory: EngineMemory) -> None:
+        super().__init__(device, memory)
+        self.edu = Edu(device)
+        try:
+            self.staging, self.staging_iova = memory.alloc()
+            check_dma(self.staging_iova, MAX_DMA_SIZE)
+        except BaseException:
+            self.edu.close()
+            raise
+        self._started = 0.0
+
+    @classmethod
+    def matches(cls, device: Device) -> bool:
+        """edu by its config space IDs."""
+        return is_edu(device)
+
+    @property
+    def caps(self) -> EngineCaps:
+        """edu's capabilities: both directions, INTx and MSI, a 28-bit address space."""
+        return self._CAPS
+
+    def start_to_host(self, iova: int, size: int) -> None:
+        """Start writing the buffer's first ``size`` bytes to ``iova``."""
+        check_dma(iova, size)
+        self._started = time.monotonic()
+        self.edu.start_dma(DMA_BUFFER_ADDR, iova, size, DMA_CMD_TO_RAM)
+
+    def start_from_host(self, iova: int, size: int) -> None:
+        """Start loading ``size`` bytes at ``iova`` into the buffer's start."""
+        check_dma(iova, size)
+        self._started = time.monotonic()
+        self.edu.start_dma(iova, DMA_BUFFER_ADDR, size, 0)
+
+    def wait(self, timeout_s: float = 10.0) -> Transfer:
+        """Poll until the transfer ends; edu always says "ok" (it cannot tell a blocked one)."""
+        try:
+            self.edu.wait_dma(timeout_s)
+        except TimeoutError as exc:
+            self.reset()
+            return Transfer(False, f"{exc}; device reset", round(timeout_s, 3), timed_out=True)
+        return self._timed(self._started, True, "ok")
+
+    def prime(self, data: bytes) -> bytes:
+        """Load ``data`` into the buffer (through the staging page); return it."""
+        self.staging.fill(data)
+        self.from_host(self.staging_iova, len(data))
+        return bytes(data)
+
+    def holds(self, data: bytes) -> bool:
+        """Write the buffer's start out to the zeroed staging page and compare with ``data``."""
+        self.staging.zero()
+        self.to_host(self.staging_iova, len(data))
+        return self.staging.read(0, len(data)) == bytes(data)
+
+    def raise_irq(self, index: int, timeout_s: float = 10.0) -> Transfer:
+        """Set the probe bit in the interrupt status: MSI when enabled, INTx otherwise."""
+        start = time.monotonic()
+        self.edu.raise_irq(ENGINE_IRQ_BIT)
+        return self._timed(start, True, "ok")
+
+    def ack_irq(self) -> None:
+        """Clear the probe bit (the device deasserts INTx)."""
+        self.edu.ack_irq(ENGINE_IRQ_BIT)
+
+    def reset(self) -> None:
+        """Let a transfer in flight end and clear every interrupt status bit."""
+        deadline = time.monotonic() + 5.0
+        while self.edu.dma_busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.edu.ack_irq(0xFFFFFFFF)
+
+    def probe_registers(self, pattern: int = 0x5A5AA5A5) -> RegisterProbe:
+        """The ID register must read :data:`EDU_ID`; the liveness register returns the
+        bitwise inverse of what was written."""
+        found = self.edu.id()
+        problem = (
+            "" if found == EDU_ID else f"edu ID register reads {found:#010x}, not {EDU_ID:#010x}"
+        )
+        read_back = self.edu.liveness(pattern)
+        return RegisterProbe(
+            bar=uapi.VFIO_PCI_BAR0_REGION_INDEX,
+            identity_offset=REG_ID,
+            identity_value=found,
+            identity_problem=problem,
+            scratch_offset=REG_LIVENESS,
+            written=pattern,
+            read_back=read_back,
+            expected_read_back=~pattern & 0xFFFFFFFF,
+            mmapped=self.edu.bar.mmapped,
+        )
+
+    def identity(self) -> Dict[str, str]:
+        """edu's version from its ID register."""
+        found = self.edu.id()
+        return {"model": "QEMU edu", "version": f"{found >> 24}.{(found >> 16) & 0xFF}"}
+
+    def close(self) -> None:
+        """Quiesce and unmap BAR0 (the staging page stays the memory's)."""
+        try:
+            self.reset()
+        finally:
+            self.edu.close()
