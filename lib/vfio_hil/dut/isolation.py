@@ -1,12 +1,16 @@
-"""DMA isolation through the IOMMU, driven by QEMU's edu device. Runs on the DUT.
+"""DMA isolation through the IOMMU, driven by any device's DMA engine. Runs on the DUT.
 
-Each function opens the edu in a type1v2 container, maps what it needs, has the device DMA
-to mapped and unmapped IOVAs, and reports what arrived where, plus the IOMMU faults the
-kernel logged for the blocked transfers. Transfers stay well below edu's 4 KiB buffer and
-every IOVA below its 28-bit DMA limit.
+Each function opens the device in a type1v2 container, drives it through the engine its
+driver offers (:mod:`vfio_hil.core.drivers.engine`: QEMU's edu, any NVMe controller, ...),
+maps what it needs, has the device DMA to mapped and unmapped IOVAs, and reports what arrived
+where, the IOMMU faults the kernel logged for the blocked transfers, and every transfer's
+status as the device reported it. Transfers use the engine's own unit (edu: 256 bytes it
+chooses; NVMe: its 4096-byte Identify data out, an 8-byte timestamp in) and every IOVA stays
+below the engine's address limit and out of its private DMA window.
 
-A blocked DMA is not reported by the device: it is seen in the data (the memory it aimed at
-is unchanged) and in the kernel log (the IOMMU's fault record).
+A blocked DMA is judged by the data (the memory it aimed at is unchanged, the device did not
+obtain the bytes) and the kernel log (the IOMMU's fault record); a device's own error status
+is evidence, since not every device reports one (edu never does, QEMU 7.2's NVMe neither).
 """
 
 from __future__ import annotations
@@ -20,15 +24,16 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..core import sysfs
 from ..core.container import Container
-from ..core.device import PCI_COMMAND, PCI_COMMAND_MASTER
+from ..core.device import PCI_COMMAND, PCI_COMMAND_MASTER, Device
 from ..core.dma import HUGE_2M, DmaBuffer
-from ..core.drivers.edu import DMA_IOVA_LIMIT, Edu
+from ..core.drivers import EngineMemory, Transfer
 from ..core.errors import VfioError
 from . import evidence
 from .common import Fault, Transcript, parse_fault
-from .mapping import READ, RW, edu_in_container, hugepages
+from .engines import engine_in_container
+from .mapping import READ, RW, hugepages
 
-#: The IOVAs mappings are placed at; all far below edu's 28-bit limit.
+#: The IOVAs mappings are placed at; all far below every engine's address limit (edu: 28 bits).
 IOVA_SRC = 0x100000
 IOVA_DST = 0x200000
 IOVA_OTHER = 0x300000
@@ -37,12 +42,12 @@ IOVA_HUGE = 0x400000  # 2 MiB aligned
 MAPPED_BELOW = 0x1000000
 #: The unmapped IOVA used when the process cannot learn physical addresses.
 FALLBACK_UNMAPPED_IOVA = 0x8000000
-#: Bytes per transfer: a fraction of edu's buffer (a full-buffer transfer aborts QEMU 7.2).
-XFER = 256
+#: How long a transfer the device cannot even start (no bus mastering) is given.
+_STALLED_TIMEOUT_S = 3.0
 PAGEMAP = "/proc/self/pagemap"
 _PFN_MASK = (1 << 55) - 1
 _PRESENT = 1 << 63
-#: How many 1 MiB chunks to allocate at most while looking for a page below edu's limit.
+#: How many 1 MiB chunks to allocate at most while looking for a page the engine reaches.
 _SENTINEL_CHUNKS = 32
 _CHUNK = 1 << 20
 #: VT-d's fault handler draws three tokens from a rate limit of 10 per 5 s for every fault
@@ -135,23 +140,25 @@ def _physical_pages(buf: DmaBuffer) -> List[Optional[int]]:
     return [None if pfn is None else pfn * mmap.PAGESIZE for pfn in pfns]
 
 
-def _sentinel(stack: ExitStack) -> Tuple[DmaBuffer, int, Optional[int]]:
-    """A page of this process's memory whose physical address edu can reach, above every
-    IOVA this module maps: ``(buffer, offset of the page, physical address)``.
+def _sentinel(stack: ExitStack, limit: int) -> Tuple[DmaBuffer, int, Optional[int]]:
+    """A page of this process's memory whose physical address the engine can reach (below
+    ``limit``), above every IOVA this module maps and outside the engines' private window:
+    ``(buffer, offset of the page, physical address)``.
 
     A device whose IOMMU passes DMA through untranslated would hit exactly this page when
     aiming at that address as an IOVA. Where physical addresses are not visible, the page's
     address is None (the caller then uses an unmapped IOVA without this extra witness).
     """
+    window = range(EngineMemory.DEFAULT_BASE, EngineMemory.DEFAULT_BASE + EngineMemory.DEFAULT_SIZE)
     for _ in range(_SENTINEL_CHUNKS):
         chunk = stack.enter_context(DmaBuffer(_CHUNK))
         chunk.fill(b"\x01" * chunk.size)  # fault every page in
         for i, phys in enumerate(_physical_pages(chunk)):
             if phys is None:
                 return chunk, 0, None
-            if MAPPED_BELOW <= phys < DMA_IOVA_LIMIT - mmap.PAGESIZE:
+            if MAPPED_BELOW <= phys < limit - mmap.PAGESIZE and phys not in window:
                 return chunk, i * mmap.PAGESIZE, phys
-    # All of it above edu's reach (a large machine): an unmapped IOVA without the witness.
+    # All of it out of the engine's reach (a large machine): an unmapped IOVA, no witness.
     return chunk, 0, None
 
 
@@ -162,14 +169,28 @@ def _nonzero_random(size: int) -> bytes:
 
 
 class _Bench:
-    """An edu in its own container, with the transcript and the fault watch of one probe."""
+    """A device's DMA engine in its own container, with the transcript, the fault watch and
+    the transfers of one probe."""
 
-    def __init__(self, stack: ExitStack, bdf: str) -> None:
+    def __init__(self, stack: ExitStack, bdf: str, scratch: bool = False) -> None:
         self.bdf = sysfs.normalize_bdf(bdf)
-        self.container, self.device, self.edu = stack.enter_context(edu_in_container(bdf))
+        self.container, self.device, self.engine = stack.enter_context(
+            engine_in_container(bdf, scratch)
+        )
         self.stack = stack
         self.transcript = Transcript()
         self.watch = FaultWatch()
+        self.transfers: List[Dict[str, Any]] = []
+
+    @property
+    def out_size(self) -> int:
+        """Bytes one device-to-host transfer writes."""
+        return self.engine.caps.to_host_size
+
+    @property
+    def in_size(self) -> int:
+        """Bytes one host-to-device transfer reads."""
+        return self.engine.caps.from_host_size
 
     def buffer(
         self, iova: int, data: Optional[bytes] = None, size: int = mmap.PAGESIZE, flags: int = RW
@@ -177,33 +198,51 @@ class _Bench:
         """New memory (zero, or ``data``) mapped at ``iova`` with ``flags``."""
         return map_buffer(self.stack, self.container, self.transcript, iova, data, size, flags)
 
-    def load(self, iova: int, offset: int = 0) -> None:
-        """Device reads XFER bytes at ``iova`` into its buffer at ``offset``."""
-        self.edu.dma_to_device(iova, XFER, offset)
+    def _keep(self, direction: str, iova: int, size: int, transfer: Transfer) -> Transfer:
+        self.transfers.append(
+            {
+                "direction": direction,
+                "iova": hex(iova),
+                "size": size,
+                "status": transfer.status,
+                "seconds": transfer.seconds,
+                "timed_out": transfer.timed_out,
+            }
+        )
+        return transfer
 
-    def store(self, iova: int, offset: int = 0) -> None:
-        """Device writes XFER bytes of its buffer at ``offset`` to ``iova``."""
-        self.edu.dma_from_device(iova, XFER, offset)
+    def load(self, iova: int, timeout_s: float = 10.0) -> Transfer:
+        """The device reads one unit of host memory at ``iova``."""
+        return self._keep(
+            "to device", iova, self.in_size, self.engine.from_host(iova, timeout_s=timeout_s)
+        )
+
+    def store(self, iova: int, timeout_s: float = 10.0) -> Transfer:
+        """The device writes its payload (one unit) to host memory at ``iova``."""
+        return self._keep(
+            "to host", iova, self.out_size, self.engine.to_host(iova, timeout_s=timeout_s)
+        )
+
+    def payload(self) -> bytes:
+        """Random bytes made the payload where the engine can choose; what stores write."""
+        return self.engine.prime(os.urandom(self.out_size))[: self.out_size]
 
     def blocked(self, iova: int, access: str) -> List[str]:
-        """Have the device read (``access="read"``, into its buffer) or write (from its
-        buffer) ``iova``, where it must be stopped; return the fault lines logged for it."""
+        """Have the device read (``access="read"``) or write ``iova``, where it must be
+        stopped; return the fault lines logged for it."""
         FaultWatch.pace()
         (self.load if access == "read" else self.store)(iova)
         return self.watch.wait_for(self.bdf, iova, access)
 
-    def loaded(self) -> Tuple[bytes, DmaBuffer]:
-        """Random data mapped at IOVA_SRC and loaded into the device, and a zero page mapped
-        at IOVA_DST: ``(data, destination)``."""
-        data = os.urandom(mmap.PAGESIZE)
-        self.buffer(IOVA_SRC, data)
-        dst = self.buffer(IOVA_DST)
-        self.load(IOVA_SRC)
-        return data, dst
-
     def result(self, **fields: Any) -> Dict[str, Any]:
-        """The probe's findings with its transcript and every fault it caused."""
-        return {**fields, "faults": self.watch.all_faults(), "ioctls": self.transcript.entries}
+        """The probe's findings with its transcript, transfers and every fault it caused."""
+        return {
+            **fields,
+            "engine": self.engine.name,
+            "transfers": self.transfers,
+            "faults": self.watch.all_faults(),
+            "ioctls": self.transcript.entries,
+        }
 
 
 def map_buffer(
@@ -235,39 +274,49 @@ def _diff(actual: bytes, expected: bytes) -> Dict[str, Any]:
     return {"differing_bytes": len(bad), "first_difference": bad[0] if bad else None}
 
 
-def exact_landing(bdf: str) -> Dict[str, Any]:
-    """DMA at offsets inside mappings lands exactly there: the device writes into the middle
-    page of a 3-page mapping at an odd offset, and reads from an odd offset of another
-    mapping; every other byte of the destination must stay zero."""
+def _pages(size: int) -> int:
+    """``size`` rounded up to whole pages."""
+    return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+def exact_landing(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+    """DMA at offsets inside mappings lands exactly there: the device writes its payload into
+    a multi-page mapping at two unaligned (dword-aligned) offsets, one of them across a page
+    boundary; every other byte of the destination must stay zero. Where the device also
+    reads host memory, it must obtain exactly the bytes at an unaligned offset of another
+    mapping."""
     page = mmap.PAGESIZE
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf)
-        data = os.urandom(page)
-        bench.buffer(IOVA_SRC, data)
-        dst = bench.buffer(IOVA_DST, size=3 * page)
-        write_at, read_from, second_at = page + 0x123, 0x300, 2 * page + 0x40
-        bench.load(IOVA_SRC)
+        bench = _Bench(stack, bdf, scratch)
+        write_at, second_at, read_from = page + 0x124, 2 * page + 0x40, 0x300
+        size = _pages(second_at + bench.out_size)
+        dst = bench.buffer(IOVA_DST, size=size)
+        data = bench.payload()
         bench.store(IOVA_DST + write_at)
-        bench.load(IOVA_SRC + read_from, offset=1024)
-        bench.store(IOVA_DST + second_at, offset=1024)
-        expected = bytearray(3 * page)
-        expected[write_at : write_at + XFER] = data[:XFER]
-        expected[second_at : second_at + XFER] = data[read_from : read_from + XFER]
-        return bench.result(**_diff(dst.read(), bytes(expected)), size=3 * page)
+        bench.store(IOVA_DST + second_at)
+        expected = bytearray(size)
+        expected[write_at : write_at + len(data)] = data
+        expected[second_at : second_at + len(data)] = data
+        read_exact = None
+        if bench.engine.caps.from_host:
+            source = os.urandom(page)
+            bench.buffer(IOVA_SRC, source)
+            bench.load(IOVA_SRC + read_from)
+            read_exact = bench.engine.holds(source[read_from : read_from + bench.in_size])
+        return bench.result(**_diff(dst.read(), bytes(expected)), size=size, read_exact=read_exact)
 
 
-def unmapped_write(bdf: str) -> Dict[str, Any]:
+def unmapped_write(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     """The device writes to an unmapped IOVA: nothing may change anywhere, and the IOMMU must
     log the fault. The IOVA is the physical address of a page of this process (the sentinel)
     where that is visible, so an IOMMU passing DMA through would be caught writing it."""
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf)
-        bench.buffer(IOVA_SRC, os.urandom(mmap.PAGESIZE))
-        mapped = bench.buffer(IOVA_DST)
-        sentinel, offset, phys = _sentinel(stack)
+        bench = _Bench(stack, bdf, scratch)
+        mapped = bench.buffer(IOVA_DST, size=_pages(bench.out_size))
+        sentinel, offset, phys = _sentinel(stack, bench.engine.caps.address_limit)
         target = FALLBACK_UNMAPPED_IOVA if phys is None else phys
         before = sentinel.read(offset, mmap.PAGESIZE)
-        bench.load(IOVA_SRC)
+        bench.payload()
         faults = bench.blocked(target, "write")
         return bench.result(
             iova=target,
@@ -278,38 +327,37 @@ def unmapped_write(bdf: str) -> Dict[str, Any]:
         )
 
 
-def unmapped_read(bdf: str) -> Dict[str, Any]:
-    """The device reads from an unmapped IOVA (the sentinel's physical address where known):
-    none of the sentinel's bytes may reach the device, and the IOMMU must log the fault."""
+def unmapped_read(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+    """The device reads from an unmapped IOVA (the sentinel's physical address where known),
+    after reading zeros from a mapped one: it must not obtain the secret the sentinel holds,
+    and the IOMMU must log the fault."""
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf)
-        bench.buffer(IOVA_SRC)  # zeros: the device buffer starts cleared
-        out = bench.buffer(IOVA_DST)
-        sentinel, offset, phys = _sentinel(stack)
-        secret = _nonzero_random(XFER)
+        bench = _Bench(stack, bdf, scratch)
+        bench.buffer(IOVA_SRC)  # zeros: what the device holds before the blocked read
+        sentinel, offset, phys = _sentinel(stack, bench.engine.caps.address_limit)
+        secret = _nonzero_random(bench.in_size)
         sentinel.fill(secret, offset)
         target = FALLBACK_UNMAPPED_IOVA if phys is None else phys
         bench.load(IOVA_SRC)
         faults = bench.blocked(target, "read")
-        bench.store(IOVA_DST)  # what the device now holds, out to memory we can read
-        got = out.read(0, XFER)
         return bench.result(
             iova=target,
             sentinel_physical=phys,
-            leaked_bytes=sum(a == b for a, b in zip(got, secret)),
-            size=XFER,
+            leaked=bench.engine.holds(secret),
+            size=bench.in_size,
             fault_lines=faults,
         )
 
 
-def after_unmap(bdf: str) -> Dict[str, Any]:
+def after_unmap(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     """A DMA that worked stops working once its mapping is unmapped, although the memory is
     still the process's: the IOMMU (and its IOTLB) must forget the translation."""
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf)
-        data, dst = bench.loaded()
+        bench = _Bench(stack, bdf, scratch)
+        dst = bench.buffer(IOVA_DST, size=_pages(bench.out_size))
+        data = bench.payload()
         bench.store(IOVA_DST)
-        arrived_while_mapped = dst.read(0, XFER) == data[:XFER]
+        arrived_while_mapped = dst.read(0, len(data)) == data
         dst.zero()
         bench.transcript.unmap(bench.container, IOVA_DST, dst.length)
         faults = bench.blocked(IOVA_DST, "write")
@@ -321,106 +369,105 @@ def after_unmap(bdf: str) -> Dict[str, Any]:
         )
 
 
-def read_only_write(bdf: str) -> Dict[str, Any]:
+def read_only_write(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     """A mapping without VFIO_DMA_MAP_FLAG_WRITE: the device's write to it must be blocked
-    (and logged), while it can read it.
+    (and logged), while it can read it (where the engine reads host memory at all; None
+    otherwise).
 
     The write comes first: QEMU's VT-d model reports no fault for a write denied by a
     read-only translation it has already cached from an earlier read.
     """
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf)
-        original = os.urandom(mmap.PAGESIZE)
-        ro = bench.buffer(IOVA_OTHER, original, flags=READ)
-        bench.buffer(IOVA_SRC, os.urandom(mmap.PAGESIZE))
-        out = bench.buffer(IOVA_DST)
-        bench.load(IOVA_SRC)
+        bench = _Bench(stack, bdf, scratch)
+        size = _pages(bench.out_size)
+        original = os.urandom(size)
+        ro = bench.buffer(IOVA_OTHER, original, size=size, flags=READ)
+        bench.payload()
         faults = bench.blocked(IOVA_OTHER, "write")
         written = ro.read() != original
-        bench.load(IOVA_OTHER)
-        bench.store(IOVA_DST)
-        return bench.result(
-            iova=IOVA_OTHER,
-            readable=out.read(0, XFER) == original[:XFER],
-            written=written,
-            fault_lines=faults,
-        )
+        readable = None
+        if bench.engine.caps.from_host:
+            bench.load(IOVA_OTHER)
+            readable = bench.engine.holds(original[: bench.in_size])
+        return bench.result(iova=IOVA_OTHER, readable=readable, written=written, fault_lines=faults)
 
 
-def cross_container(bdf: str, peer: str) -> Dict[str, Any]:
-    """Two edu devices in two containers: memory mapped only in the peer's container at an
-    IOVA must be out of reach for ``bdf`` at that IOVA, and within reach for the peer."""
+def cross_container(bdf: str, peer: str, scratch: bool = False) -> Dict[str, Any]:
+    """Two devices in two containers: memory mapped only in the peer's container at an IOVA
+    must be out of reach for ``bdf`` at that IOVA, and within reach for the peer."""
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf)
+        bench = _Bench(stack, bdf, scratch)
         other = _Bench(stack, peer)
-        data = os.urandom(mmap.PAGESIZE)
-        bench.buffer(IOVA_SRC, data)
-        other.buffer(IOVA_SRC, data)
-        victim = other.buffer(IOVA_DST)
-        bench.load(IOVA_SRC)
+        size = _pages(max(bench.out_size, other.out_size))
+        victim = other.buffer(IOVA_DST, size=size)
+        bench.payload()
         faults = bench.blocked(IOVA_DST, "write")
         reached_by_device = victim.read() != bytes(victim.size)
-        other.load(IOVA_SRC)
+        data = other.payload()
         other.store(IOVA_DST)
-        reached_by_peer = victim.read(0, XFER) == data[:XFER]
+        reached_by_peer = victim.read(0, len(data)) == data
         result = bench.result(
             iova=IOVA_DST,
             peer=sysfs.normalize_bdf(peer),
+            peer_engine=other.engine.name,
             reached_by_device=reached_by_device,
             reached_by_peer=reached_by_peer,
             fault_lines=faults,
         )
         result["ioctls"] += other.transcript.entries
+        result["transfers"] += other.transfers
         return result
 
 
-def _set_bus_master(edu: Edu, on: bool) -> int:
+def _set_bus_master(device: Device, on: bool) -> int:
     """Set or clear Bus Master Enable; return the command register as read back."""
-    device = edu.device
     command = device.config_read(PCI_COMMAND, 2)
     wanted = command | PCI_COMMAND_MASTER if on else command & ~PCI_COMMAND_MASTER
     device.config_write(PCI_COMMAND, wanted, 2)
     return device.config_read(PCI_COMMAND, 2)
 
 
-def bus_master_off(bdf: str) -> Dict[str, Any]:
+def bus_master_off(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     """With Bus Master Enable cleared in the command register the device must not reach
-    memory; with it set again the same transfer must arrive."""
+    memory; with it set again the same transfer must arrive. (A device that fetches its
+    commands by DMA, as NVMe does, cannot even start the transfer then: it times out and the
+    engine resets the device before bus mastering is turned back on.)"""
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf)
-        data, dst = bench.loaded()
-        stack.callback(_set_bus_master, bench.edu, True)
-        command_off = _set_bus_master(bench.edu, False)
-        bench.store(IOVA_DST)
+        bench = _Bench(stack, bdf, scratch)
+        dst = bench.buffer(IOVA_DST, size=_pages(bench.out_size))
+        data = bench.payload()
+        stack.callback(_set_bus_master, bench.device, True)
+        command_off = _set_bus_master(bench.device, False)
+        off = bench.store(IOVA_DST, timeout_s=_STALLED_TIMEOUT_S)
         arrived_while_off = dst.read() != bytes(dst.size)
-        command_on = _set_bus_master(bench.edu, True)
+        command_on = _set_bus_master(bench.device, True)
+        if off.timed_out:
+            bench.engine.reset()
         bench.store(IOVA_DST)
         return bench.result(
             command_off=command_off,
             command_on=command_on,
             arrived_while_off=arrived_while_off,
-            arrived_when_on=dst.read(0, XFER) == data[:XFER],
+            arrived_when_on=dst.read(0, len(data)) == data,
         )
 
 
-def hugepage_dma(bdf: str) -> Dict[str, Any]:
+def hugepage_dma(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     """DMA into a 2 MiB huge-page mapping lands at the right offsets: one deep in its first
-    half, one in its last 4 KiB, and nowhere else."""
+    half, one ending just before its last bytes, and nowhere else."""
     with hugepages(1) as unavailable:
         if unavailable:
             return {"skip": unavailable}
         with ExitStack() as stack:
-            bench = _Bench(stack, bdf)
-            data = os.urandom(mmap.PAGESIZE)
-            bench.buffer(IOVA_SRC, data)
+            bench = _Bench(stack, bdf, scratch)
             huge = map_buffer(
                 stack, bench.container, bench.transcript, IOVA_HUGE, size=HUGE_2M, page_size=HUGE_2M
             )
             huge.zero()
-            offsets = (0x100800, HUGE_2M - mmap.PAGESIZE + 0x10)
-            bench.load(IOVA_SRC)
+            data = bench.payload()
+            offsets = (0x100800, HUGE_2M - len(data) - 0x10)
             expected = bytearray(HUGE_2M)
             for at in offsets:
                 bench.store(IOVA_HUGE + at)
-                expected[at : at + XFER] = data[:XFER]
+                expected[at : at + len(data)] = data
             return bench.result(**_diff(huge.read(), bytes(expected)), offsets=list(offsets))

@@ -38,11 +38,19 @@ class DeviceModel:
     capabilities: frozenset[str]
 
 
+#: What a DMA engine (``vfio_hil.core.drivers.engine``) offers, as checks ask for it. A device
+#: listed without a model may offer them too: the DUT's engine probe decides at run time.
+ENGINE_CAPABILITIES = frozenset({"dma_engine", "dma_to_host", "dma_from_host", "device_irq"})
+
 DEVICE_MODELS: dict[str, DeviceModel] = {
     m.name: m
     for m in (
-        DeviceModel("edu", 0x1234, 0x11E8, frozenset({"mmio", "dma", "msi", "edu"})),
-        DeviceModel("nvme", 0x1B36, 0x0010, frozenset({"mmio", "msix", "nvme"})),
+        DeviceModel(
+            "edu", 0x1234, 0x11E8, frozenset({"mmio", "dma", "msi", "edu"}) | ENGINE_CAPABILITIES
+        ),
+        DeviceModel(
+            "nvme", 0x1B36, 0x0010, frozenset({"mmio", "msix", "nvme"}) | ENGINE_CAPABILITIES
+        ),
         DeviceModel("pci-testdev", 0x1B36, 0x0005, frozenset({"mmio", "pio", "pci-testdev"})),
         DeviceModel("generic", 0, 0, frozenset()),
     )
@@ -80,11 +88,21 @@ class DutDevice:
     bdf: str
     model: str
     qemu_id: str | None = None
+    #: The inventory allows commands that destroy the device's data (``scratch: true``).
+    scratch: bool = False
 
     @property
     def capabilities(self) -> frozenset[str]:
         """The capabilities of the device's model (what checks it can run)."""
         return DEVICE_MODELS[self.model].capabilities
+
+    def may_have(self, needs: set[str] | frozenset[str]) -> bool:
+        """True when the device may have every capability of ``needs``: its model has them,
+        or it was listed without a model and only engine capabilities are asked for (the
+        DUT's engine probe decides)."""
+        if needs <= self.capabilities:
+            return True
+        return self.model == "generic" and needs <= ENGINE_CAPABILITIES | self.capabilities
 
     @property
     def ident(self) -> str:
@@ -248,7 +266,10 @@ def _real_device(host: str, index: int, entry: Any) -> DutDevice:
     model = str(entry.get("model", "generic"))
     if model not in DEVICE_MODELS:
         raise ValueError(f"vfio_devices[{index}]: unknown model {model!r}")
-    return DutDevice(host=host, bdf=normalize_bdf(entry["bdf"]), model=model)
+    scratch = entry.get("scratch", False)
+    if not isinstance(scratch, bool):
+        raise ValueError(f"vfio_devices[{index}]: scratch must be true or false, not {scratch!r}")
+    return DutDevice(host=host, bdf=normalize_bdf(entry["bdf"]), model=model, scratch=scratch)
 
 
 def _vm_spec(hvars: dict[str, Any]) -> VmSpec:

@@ -38,6 +38,7 @@ class HostSession:
     devices: list[DutDevice] = field(default_factory=list)
     _attach_probed: bool = False
     _attach_refusal: str | None = None
+    _engines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -68,6 +69,13 @@ class HostSession:
             self._attach_refusal = self._probe_attach(bdf)
             self._attach_probed = True
         return self._attach_refusal
+
+    def engine(self, bdf: str) -> dict[str, Any]:
+        """The DMA engine ``bdf`` offers, as the DUT's probe found it (asked once per run):
+        ``{"engine", "capabilities", "caps", "identity"}``."""
+        if bdf not in self._engines:
+            self._engines[bdf] = self.call("engines.describe", bdf=bdf)
+        return self._engines[bdf]
 
     def _probe_attach(self, bdf: str) -> str | None:
         try:

@@ -186,8 +186,7 @@ class EduEngine(DmaEngine):
 
     Device-to-host transfers write the buffer's first bytes; host-to-device transfers load
     them, so :meth:`prime` loads the payload through a staging page of the engine's own, and
-    :meth:`holds` writes the buffer out to that page to look at it. edu reports nothing about
-    a blocked DMA: only the data and the IOMMU's fault record tell.
+    :meth:`holds` writes the buffer out to that page to look at it.
     """
 
     name = "edu"
@@ -200,10 +199,10 @@ class EduEngine(DmaEngine):
         alignment=1,
         address_bits=28,
         irq_indexes=(uapi.VFIO_PCI_INTX_IRQ_INDEX, uapi.VFIO_PCI_MSI_IRQ_INDEX),
-        reports_blocked_dma=False,
     )
 
-    def __init__(self, device: Device, memory: EngineMemory) -> None:
+    def __init__(self, device: Device, memory: EngineMemory, scratch: bool = False) -> None:
+        """``scratch`` is accepted for a uniform interface: edu has no media to protect."""
         super().__init__(device, memory)
         self.edu = Edu(device)
         try:

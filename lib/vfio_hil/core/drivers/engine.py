@@ -59,9 +59,6 @@ class EngineCaps:
     address_bits: int
     #: VFIO IRQ indexes :meth:`DmaEngine.raise_irq` can fire (INTx, MSI, MSI-X).
     irq_indexes: Tuple[int, ...]
-    #: A DMA the IOMMU blocks ends the transfer with an error status (else: only the data
-    #: and the IOMMU's fault record tell).
-    reports_blocked_dma: bool
 
     @property
     def address_limit(self) -> int:
@@ -188,9 +185,11 @@ class DmaEngine(Closing, abc.ABC):
     #: The driver's name (``"edu"``, ``"nvme"``), as records show it.
     name: ClassVar[str]
 
-    def __init__(self, device: Device, memory: EngineMemory) -> None:
+    def __init__(self, device: Device, memory: EngineMemory, scratch: bool = False) -> None:
         self.device = device
         self.memory = memory
+        #: The inventory allows commands that write the device's media.
+        self.scratch = scratch
 
     # -- what the device is -------------------------------------------------------------
 
@@ -302,9 +301,11 @@ class EngineRegistry:
 ENGINES = EngineRegistry()
 
 
-def probe_engine(device: Device, memory: EngineMemory, **options: Any) -> Optional[DmaEngine]:
+def probe_engine(
+    device: Device, memory: EngineMemory, scratch: bool = False
+) -> Optional[DmaEngine]:
     """The DMA engine ``device`` offers (initialised and ready), or None when no driver
-    drives it. ``options`` go to the driver (NVMe: ``scratch``). Raises
-    :class:`EngineError` when a matching device does not come up."""
+    drives it. ``scratch``: the inventory allows commands that write the device's media.
+    Raises :class:`EngineError` when a matching device does not come up."""
     driver = ENGINES.driver_for(device)
-    return None if driver is None else driver(device, memory, **options)
+    return None if driver is None else driver(device, memory, scratch=scratch)
