@@ -19,7 +19,8 @@ from vfio_hil_pytest import check
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 VFIO_H = "include/uapi/linux/vfio.h"
 MEMLOCK_LIMIT = 1 << 20
-#: What the unprivileged flow exercises: edu's registers, its DMA engine and its MSI.
+#: What the unprivileged flow exercises: a DMA engine's registers, DMA and MSI (edu has all
+#: three; the flow stays on edu, the device a TCG guest drives fastest as a non-root user).
 EDU_FLOW = frozenset({"edu", "dma", "msi"})
 
 
@@ -78,14 +79,16 @@ def test_unprivileged_flow(dut_host: HostSession, vfio_lab: Lab, evidence: Any) 
     with _usable_device(dut_host, vfio_lab, EDU_FLOW) as lease:
         r = lease.call("unprivileged.basic_flow", bdf=lease.bdf)
     flow = _child_result(evidence, r, f"{lease.bdf} ")
-    assert flow["mmio"]["id"] == 0x010000ED, (
-        f"edu ID register read {flow['mmio']['id']:#x} as {r['user']}"
+    assert not flow["mmio"]["identity_problem"], (
+        f"{flow['mmio']['identity_problem']} as {r['user']}"
     )
-    assert flow["dma"]["match"], (
-        f"{flow['dma']['mismatched_bytes']} bytes differ after the DMA round trip as {r['user']}"
+    assert flow["dma"]["mismatched_bytes"] == 0 and flow["dma"]["obtained"] is not False, (
+        f"the DMA round trip failed as {r['user']}: {flow['dma']}"
     )
-    assert flow["msi"]["count"] == 1, (
-        f"the MSI eventfd counted {flow['msi']['count']} interrupts as {r['user']}"
+    msi = flow["msi"]
+    assert msi["per_raise"] == [1] and msi["late"] == 0, (
+        f"the {msi['index']} eventfd counted {msi['per_raise']} (+{msi['late']} late) "
+        f"interrupts for one raise as {r['user']}"
     )
 
 

@@ -1,7 +1,8 @@
 """Interrupts of a device driven through VFIO (VFIO_DEVICE_GET_IRQ_INFO / SET_IRQS). Runs on
 the DUT.
 
-Device-raised interrupts come from QEMU's edu (MSI when enabled, INTx otherwise); MSI-X
+Device-raised interrupts come from the device's DMA engine (edu: MSI or INTx; NVMe: MSI-X or
+INTx, from a completed admin command); MSI-X
 vectors are exercised by loopback (ACTION_TRIGGER with DATA_NONE/BOOL makes the kernel signal
 a vector's eventfd as if it fired). Every function leaves the device's interrupts disabled
 and its interrupt status acknowledged.
@@ -12,17 +13,18 @@ from __future__ import annotations
 import os
 import struct
 from contextlib import ExitStack
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..core import pci, uapi
 from ..core.container import Container
 from ..core.device import Device
-from ..core.drivers.edu import Edu
+from ..core.drivers import DmaEngine
 from ..core.errors import VfioError
 from ..core.group import Group
-from ..core.irq import EventFd, IrqEventFds
+from ..core.irq import EventFd
 from .common import Transcript, answer
-from .mapping import EINVAL, OK, Case, Expected, device_in_container, edu_in_container, run_case
+from .engines import engine_in_container
+from .mapping import EINVAL, OK, Case, Expected, device_in_container, run_case
 
 INTX = uapi.VFIO_PCI_INTX_IRQ_INDEX
 MSI = uapi.VFIO_PCI_MSI_IRQ_INDEX
@@ -37,8 +39,6 @@ INTX_FLAGS = (
     uapi.VFIO_IRQ_INFO_EVENTFD | uapi.VFIO_IRQ_INFO_MASKABLE | uapi.VFIO_IRQ_INFO_AUTOMASKED
 )
 UNSAFE_INTERRUPTS = "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
-#: An interrupt status bit of edu's that its own DMA and factorial logic never set.
-PROBE_BIT = 0x1000
 #: How long an interrupt that must arrive may take, and how long to watch for one that must not.
 ARRIVE_S = 5.0
 ABSENT_S = 0.5
@@ -122,105 +122,149 @@ def irq_info_vs_config(bdf: str) -> Dict[str, Any]:
     }
 
 
-# -- device-raised interrupts (edu) ---------------------------------------------------------
+# -- device-raised interrupts (any DMA engine) ------------------------------------------------
 
 
-def _edu_irq(stack: ExitStack, device: Device, edu: Edu, index: int) -> IrqEventFds:
-    """An eventfd for vector 0 of ``index``, with edu's interrupt status cleared first (a
-    leftover status bit would fire as soon as the interrupt is enabled) and acknowledged
-    again on the way out (which deasserts INTx before it is torn down)."""
-    edu.ack_irq(0xFFFFFFFF)
-    irqs = stack.enter_context(device.irq_eventfds(index, 1))
-    stack.callback(edu.ack_irq, 0xFFFFFFFF)
-    return irqs
+class _Raiser:
+    """A device's engine wired to an eventfd on vector 0 of the IRQ index ``pick`` chooses
+    for it, if the engine raises that index (else :attr:`why` says why not): its interrupt
+    acknowledged before the eventfd is wired (a leftover would fire at once) and again on
+    the way out (which deasserts INTx before it is torn down)."""
+
+    def __init__(
+        self, stack: ExitStack, bdf: str, pick: Callable[[DmaEngine], int], scratch: bool
+    ) -> None:
+        _container, self.device, self.engine = stack.enter_context(
+            engine_in_container(bdf, scratch)
+        )
+        self.index = pick(self.engine)
+        self.statuses: List[str] = []
+        self.why = ""
+        if (
+            self.index not in self.engine.caps.irq_indexes
+            or not self.device.irq_info(self.index).count
+        ):
+            self.why = f"its {self.engine.name} engine raises no {INDEX_NAMES[self.index]}"
+            return
+        self.engine.ack_irq()
+        self.irqs = stack.enter_context(self.device.irq_eventfds(self.index, 1))
+        stack.callback(self.engine.ack_irq)
+
+    def raise_irq(self) -> None:
+        """Have the device raise its interrupt (it stays asserted until :meth:`ack`)."""
+        self.statuses.append(self.engine.raise_irq(self.index).status)
+
+    def ack(self) -> None:
+        """Acknowledge it on the device."""
+        self.engine.ack_irq()
+
+    def wait(self, seconds: float) -> int:
+        """Signals counted within ``seconds``."""
+        return self.irqs.wait(0, seconds)
+
+    def result(self, **fields: Any) -> Dict[str, Any]:
+        """The probe's counts, with the engine, the IRQ index and the device's statuses."""
+        return {
+            **fields,
+            "engine": self.engine.name,
+            "index": INDEX_NAMES[self.index],
+            "raise_status": self.statuses,
+        }
 
 
-def msi_per_raise(bdf: str, raises: int = 5) -> Dict[str, Any]:
-    """Raise edu's MSI ``raises`` times, waiting for each; count what each raise delivered."""
+def _intx(_engine: DmaEngine) -> int:
+    return INTX
+
+
+def _message_signalled(engine: DmaEngine) -> int:
+    """MSI where the engine raises it, else MSI-X."""
+    return MSI if MSI in engine.caps.irq_indexes else MSIX
+
+
+def msi_per_raise(bdf: str, raises: int = 1, scratch: bool = False) -> Dict[str, Any]:
+    """Raise the device's message-signalled interrupt (MSI, else MSI-X vector 0) ``raises``
+    times, acknowledging each; count what each raise delivered."""
     with ExitStack() as stack:
-        _container, device, edu = stack.enter_context(edu_in_container(bdf))
-        irqs = _edu_irq(stack, device, edu, MSI)
+        raiser = _Raiser(stack, bdf, _message_signalled, scratch)
+        if raiser.why:
+            return {"skip": raiser.why}
         counts = []
         for _ in range(raises):
-            edu.raise_irq(PROBE_BIT)
-            count = irqs.wait(0, ARRIVE_S)
-            edu.ack_irq(PROBE_BIT)
-            counts.append(count)
-        late = irqs.wait(0, ABSENT_S)
-    return {"raises": raises, "per_raise": counts, "late": late}
+            raiser.raise_irq()
+            counts.append(raiser.wait(ARRIVE_S))
+            raiser.ack()
+        return raiser.result(raises=raises, per_raise=counts, late=raiser.wait(ABSENT_S))
 
 
-def intx_mask(bdf: str) -> Dict[str, Any]:
+def intx_mask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     """INTx with ACTION_MASK: an interrupt raised while masked stays pending, ACTION_UNMASK
     delivers it once."""
     with ExitStack() as stack:
-        _container, device, edu = stack.enter_context(edu_in_container(bdf))
-        if not device.irq_info(INTX).count:
-            return {"intx": False}
-        irqs = _edu_irq(stack, device, edu, INTX)
+        raiser = _Raiser(stack, bdf, _intx, scratch)
+        if raiser.why:
+            return {"skip": raiser.why}
+        device = raiser.device
         device.mask_irqs(INTX)
-        edu.raise_irq(PROBE_BIT)
-        while_masked = irqs.wait(0, ABSENT_S)
+        raiser.raise_irq()
+        while_masked = raiser.wait(ABSENT_S)
         device.unmask_irqs(INTX)
-        on_unmask = irqs.wait(0, ARRIVE_S)
-        edu.ack_irq(PROBE_BIT)
+        on_unmask = raiser.wait(ARRIVE_S)
+        raiser.ack()
         device.unmask_irqs(INTX)  # delivery auto-masked it again
-        after = irqs.wait(0, ABSENT_S)
-    return {"intx": True, "while_masked": while_masked, "on_unmask": on_unmask, "after": after}
+        after = raiser.wait(ABSENT_S)
+        return raiser.result(while_masked=while_masked, on_unmask=on_unmask, after=after)
 
 
-def intx_automask(bdf: str) -> Dict[str, Any]:
+def intx_automask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     """INTx is masked by the kernel when it fires: a second interrupt is held back until
     ACTION_UNMASK, and an unmask with nothing pending delivers nothing."""
     with ExitStack() as stack:
-        _container, device, edu = stack.enter_context(edu_in_container(bdf))
-        info = device.irq_info(INTX)
-        if not info.count:
-            return {"intx": False}
-        irqs = _edu_irq(stack, device, edu, INTX)
-        edu.raise_irq(PROBE_BIT)
-        first = irqs.wait(0, ARRIVE_S)
-        edu.ack_irq(PROBE_BIT)
-        edu.raise_irq(PROBE_BIT)
-        while_automasked = irqs.wait(0, ABSENT_S)
+        raiser = _Raiser(stack, bdf, _intx, scratch)
+        if raiser.why:
+            return {"skip": raiser.why}
+        device = raiser.device
+        raiser.raise_irq()
+        first = raiser.wait(ARRIVE_S)
+        raiser.ack()
+        raiser.raise_irq()
+        while_automasked = raiser.wait(ABSENT_S)
         device.unmask_irqs(INTX)
-        on_unmask = irqs.wait(0, ARRIVE_S)
-        edu.ack_irq(PROBE_BIT)
+        on_unmask = raiser.wait(ARRIVE_S)
+        raiser.ack()
         device.unmask_irqs(INTX)
-        idle_unmask = irqs.wait(0, ABSENT_S)
-    return {
-        "intx": True,
-        "flags": info.flags,
-        "first": first,
-        "while_automasked": while_automasked,
-        "on_unmask": on_unmask,
-        "idle_unmask": idle_unmask,
-    }
+        idle_unmask = raiser.wait(ABSENT_S)
+        return raiser.result(
+            flags=device.irq_info(INTX).flags,
+            first=first,
+            while_automasked=while_automasked,
+            on_unmask=on_unmask,
+            idle_unmask=idle_unmask,
+        )
 
 
-def msi_mask(bdf: str) -> Dict[str, Any]:
-    """MSI masking through ACTION_MASK/UNMASK, where GET_IRQ_INFO says MSI is MASKABLE."""
+def msi_mask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+    """Masking of the device's message-signalled interrupt (MSI, else MSI-X) through
+    ACTION_MASK/UNMASK, where GET_IRQ_INFO says it is MASKABLE."""
     with ExitStack() as stack:
-        _container, device, edu = stack.enter_context(edu_in_container(bdf))
-        info = device.irq_info(MSI)
+        raiser = _Raiser(stack, bdf, _message_signalled, scratch)
+        if raiser.why:
+            return {"skip": raiser.why}
+        device, index = raiser.device, raiser.index
+        info = device.irq_info(index)
         if not info.maskable:
             # Not offered: show the request is refused rather than silently ignored.
             refused = device.raw_set_irqs(
-                MSI, uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_MASK, 0, 1
+                index, uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_MASK, 0, 1
             )
-            return {"maskable": False, "flags": info.flags, "mask_request": answer(refused)}
-        irqs = _edu_irq(stack, device, edu, MSI)
-        device.mask_irqs(MSI)
-        edu.raise_irq(PROBE_BIT)
-        while_masked = irqs.wait(0, ABSENT_S)
-        device.unmask_irqs(MSI)
-        on_unmask = irqs.wait(0, ARRIVE_S)
-    return {
-        "maskable": True,
-        "flags": info.flags,
-        "while_masked": while_masked,
-        "on_unmask": on_unmask,
-    }
+            return raiser.result(maskable=False, flags=info.flags, mask_request=answer(refused))
+        device.mask_irqs(index)
+        raiser.raise_irq()
+        while_masked = raiser.wait(ABSENT_S)
+        device.unmask_irqs(index)
+        on_unmask = raiser.wait(ARRIVE_S)
+        return raiser.result(
+            maskable=True, flags=info.flags, while_masked=while_masked, on_unmask=on_unmask
+        )
 
 
 # -- MSI-X by loopback ----------------------------------------------------------------------

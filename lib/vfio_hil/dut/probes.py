@@ -7,33 +7,23 @@ JSON-able data. Kernel refusals propagate as :class:`~vfio_hil.core.errors.VfioE
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
-from typing import Any, Dict
+from dataclasses import asdict
+from typing import Any, Dict, Optional
 
 from ..core import sysfs, uapi
 from ..core.container import Container
-from ..core.device import Device
 from ..core.dma import DmaBuffer
-from ..core.drivers.edu import EDU_DEVICE_ID, EDU_VENDOR_ID, Edu, check_dma
+from ..core.drivers import Transfer
 from ..core.group import Group
-from ..core.irq import EventFd
 from .common import open_device
+from .engines import engine_in_container
 
-#: IOVAs for the DMA round trip: page-aligned and far below edu's 28-bit DMA limit.
+#: IOVAs for the DMA round trip: page-aligned and far below every engine's DMA limit.
 IOVA_SRC = 0x100000
 IOVA_DST = 0x200000
-#: Interrupt status bit the MSI probe raises; any bit other than edu's own DMA/factorial bits.
-MSI_PROBE_BIT = 0x1000
-#: After the first interrupt, how long to keep counting so duplicate deliveries show up.
-_MSI_SETTLE_S = 0.2
-
-
-def _edu(device: Device) -> Edu:
-    """Bind the edu driver, after making sure the device really is an edu."""
-    ids = (device.config_read(0x00, 2), device.config_read(0x02, 2))
-    if ids != (EDU_VENDOR_ID, EDU_DEVICE_ID):
-        raise ValueError(f"{device.bdf} is {ids[0]:04x}:{ids[1]:04x}, not an edu device")
-    return Edu(device)
+PAGE = 4096
 
 
 def group_attach(bdf: str) -> Dict[str, Any]:
@@ -73,55 +63,37 @@ def config_ids(bdf: str) -> Dict[str, Any]:
     }
 
 
-def edu_mmio(bdf: str, pattern: int = 0x12345678) -> Dict[str, Any]:
-    """Read edu's id register and exercise the liveness register through the mmap'ed BAR0."""
-    with open_device(bdf) as (_container, _group, device), _edu(device) as edu:
-        return {
-            "id": edu.id(),
-            "liveness_written": pattern,
-            "liveness_read": edu.liveness(pattern),
-        }
+def engine_mmio(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+    """Through the engine's mmap'ed BAR: read its identity register and write/read back a
+    read/write register (restored after)."""
+    with engine_in_container(bdf, scratch) as (_container, _device, engine):
+        return {"engine": engine.name, **asdict(engine.probe_registers())}
 
 
-def edu_dma_roundtrip(bdf: str, size: int = 1024) -> Dict[str, Any]:
-    """DMA random data RAM -> edu -> RAM through IOMMU mappings and compare."""
-    check_dma(IOVA_SRC, size)
-    check_dma(IOVA_DST, size)
+def engine_dma_roundtrip(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+    """The device writes its payload to a mapped IOVA and reads random bytes from another:
+    what it writes must arrive byte for byte, and it must obtain exactly what it read."""
     with ExitStack() as stack:
-        container, _group, device = stack.enter_context(open_device(bdf))
-        edu = stack.enter_context(_edu(device))
-        src = stack.enter_context(DmaBuffer(size))
-        dst = stack.enter_context(DmaBuffer(size))
-        expected = src.fill_random()
-        container.map_dma(src.vaddr, IOVA_SRC, src.length)
-        stack.callback(container.unmap_dma, IOVA_SRC, src.length)
-        container.map_dma(dst.vaddr, IOVA_DST, dst.length)
-        stack.callback(container.unmap_dma, IOVA_DST, dst.length)
-        edu.dma_to_device(IOVA_SRC, size)
-        edu.dma_from_device(IOVA_DST, size)
-        mismatched = dst.compare(expected)
+        container, _device, engine = stack.enter_context(engine_in_container(bdf, scratch))
+        caps = engine.caps
+        src = stack.enter_context(DmaBuffer(PAGE))
+        dst = stack.enter_context(DmaBuffer(max(PAGE, caps.to_host_size)))
+        for buf, iova in ((src, IOVA_SRC), (dst, IOVA_DST)):
+            container.map_dma(buf.vaddr, iova, buf.length)
+            stack.callback(container.unmap_dma, iova, buf.length)
+        sent = src.fill_random()[: caps.from_host_size]
+        payload = engine.prime(os.urandom(caps.to_host_size))[: caps.to_host_size]
+        out = engine.to_host(IOVA_DST)
+        mismatched = dst.compare(payload)
+        obtained = None
+        into: Optional[Transfer] = None
+        if caps.from_host:
+            into = engine.from_host(IOVA_SRC)
+            obtained = engine.holds(sent)
     return {
-        "size": size,
-        "iova_src": IOVA_SRC,
-        "iova_dst": IOVA_DST,
+        "engine": engine.name,
+        "to_host": {"iova": IOVA_DST, "size": len(payload), "status": out.status},
         "mismatched_bytes": mismatched,
-        "match": mismatched == 0,
+        "from_host": None if into is None else {"iova": IOVA_SRC, "status": into.status},
+        "obtained": obtained,
     }
-
-
-def edu_msi(bdf: str, timeout_s: float = 5.0) -> Dict[str, Any]:
-    """Route edu's MSI to an eventfd, raise the interrupt once and count deliveries."""
-    with ExitStack() as stack:
-        _container, _group, device = stack.enter_context(open_device(bdf))
-        edu = stack.enter_context(_edu(device))
-        eventfd = stack.enter_context(EventFd())
-        # Leftover status bits would make the device signal as soon as MSI is enabled.
-        edu.ack_irq(0xFFFFFFFF)
-        device.set_irqs_eventfd(uapi.VFIO_PCI_MSI_IRQ_INDEX, [eventfd.fd])
-        stack.callback(device.disable_irqs, uapi.VFIO_PCI_MSI_IRQ_INDEX)
-        edu.raise_irq(MSI_PROBE_BIT)
-        count = eventfd.read_count(timeout_s)
-        if count:
-            count += eventfd.read_count(_MSI_SETTLE_S)
-        edu.ack_irq(MSI_PROBE_BIT)
-    return {"count": count, "expected": 1}

@@ -25,7 +25,7 @@ from ..core.container import CONTAINER_PATH
 from ..core.dma import DmaBuffer
 from ..core.errors import VfioError
 from ..core.group import group_node
-from . import probes
+from . import interrupts, probes
 from .common import Transcript, container_for, errno_name
 
 USER = "vfiohil-unpriv"
@@ -156,9 +156,9 @@ def _identity() -> Dict[str, Any]:
 
 def _child_basic_flow(bdf: str) -> Dict[str, Any]:
     return {
-        "mmio": probes.edu_mmio(bdf),
-        "dma": probes.edu_dma_roundtrip(bdf),
-        "msi": probes.edu_msi(bdf),
+        "mmio": probes.engine_mmio(bdf),
+        "dma": probes.engine_dma_roundtrip(bdf),
+        "msi": interrupts.msi_per_raise(bdf),
     }
 
 

@@ -40,7 +40,9 @@ class DeviceModel:
 
 #: What a DMA engine (``vfio_hil.core.drivers.engine``) offers, as checks ask for it. A device
 #: listed without a model may offer them too: the DUT's engine probe decides at run time.
-ENGINE_CAPABILITIES = frozenset({"dma_engine", "dma_to_host", "dma_from_host", "device_irq"})
+ENGINE_CAPABILITIES = frozenset(
+    {"device_registers", "dma_engine", "dma_to_host", "dma_from_host", "device_irq"}
+)
 
 DEVICE_MODELS: dict[str, DeviceModel] = {
     m.name: m

@@ -66,9 +66,10 @@ class EngineCaps:
         return 1 << self.address_bits
 
     def names(self) -> List[str]:
-        """The capability names checks ask for: ``dma_engine`` (both directions),
-        ``dma_to_host``, ``dma_from_host``, ``device_irq``."""
-        names = []
+        """The capability names checks ask for: ``device_registers`` (every engine knows its
+        registers), ``dma_engine`` (both directions), ``dma_to_host``, ``dma_from_host``,
+        ``device_irq``."""
+        names = ["device_registers"]
         if self.to_host and self.from_host:
             names.append("dma_engine")
         if self.to_host:
