@@ -2,21 +2,31 @@
 
 Every function opens ``bdf`` through a fresh container and closes everything before
 returning; the NVMe reset probe disables the controller again if the reset did not.
+
+A hot reset the kernel offered (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO answered) and then failed
+is explained from what the kernel waits for after a secondary bus reset, in
+drivers/pci/pci.c pci_bridge_wait_for_secondary_bus(): on a PCIe port faster than 5 GT/s
+that advertises Data Link Layer Link Active Reporting it waits for the port's Link Status
+DLLLA bit, and gives up with ENOTTY ("Data Link Layer Link Active not set in N msec") when
+the bit stays 0; otherwise it waits for the first device below to answer config reads
+(pci_dev_wait(): "not ready ... after bus reset; giving up", ENOTTY as well).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import struct
 import time
 from contextlib import ExitStack
 from typing import Any, Dict, List, Optional, Set
 
-from ..core import sysfs
+from ..core import pci, sysfs
 from ..core.device import Bar, Device
 from ..core.dma import DmaBuffer
 from ..core.group import Group
 from .common import Transcript, open_device
+from .evidence import kmsg_cursor, kmsg_since
 
 PCI_DEVICES = "/sys/bus/pci/devices"
 
@@ -29,6 +39,14 @@ NVME_CSTS_RDY = 1
 NVME_CSTS_CFS = 2
 NVME_ADMIN_ENTRIES = 16
 NVME_ASQ_IOVA, NVME_ACQ_IOVA = 0x100000, 0x200000
+
+# PCI Express Capability link registers, as include/uapi/linux/pci_regs.h names them.
+PCI_EXP_LNKCAP, PCI_EXP_LNKSTA = 0x0C, 0x12
+PCI_EXP_LNKCAP_SLS = 0x0000000F
+PCI_EXP_LNKCAP_DLLLARC = 0x00100000  # Data Link Layer Link Active Reporting Capable
+PCI_EXP_LNKSTA_DLLLA = 0x2000  # Data Link Layer Link Active
+# Max Link Speed codes (bit N-1 of the Supported Link Speeds Vector) in GT/s.
+LINK_SPEEDS_GTS = {1: 2.5, 2: 5.0, 3: 8.0, 4: 16.0, 5: 32.0, 6: 64.0}
 
 
 def reset_contract(bdf: str) -> Dict[str, Any]:
@@ -192,9 +210,84 @@ def _foreign_group(needed: Set[int]) -> Optional[Group]:
     return None
 
 
+def port_link(config: bytes) -> Optional[Dict[str, Any]]:
+    """The link registers of a PCIe port's config space ``config`` that the kernel reads
+    after a secondary bus reset; None when it has no PCI Express capability."""
+    exp = pci.parse_config(config).find(pci.PCI_CAP_ID_EXP)
+    if exp is None or len(config) < exp.offset + PCI_EXP_LNKSTA + 2:
+        return None
+    (lnkcap,) = struct.unpack_from("<I", config, exp.offset + PCI_EXP_LNKCAP)
+    (lnksta,) = struct.unpack_from("<H", config, exp.offset + PCI_EXP_LNKSTA)
+    return {
+        "max_speed_gts": LINK_SPEEDS_GTS.get(lnkcap & PCI_EXP_LNKCAP_SLS),
+        "link_active_reporting": bool(lnkcap & PCI_EXP_LNKCAP_DLLLARC),
+        "link_active": bool(lnksta & PCI_EXP_LNKSTA_DLLLA),
+    }
+
+
+def _sysfs_config(bdf: str) -> bytes:
+    """``bdf``'s config space as root reads it from sysfs (the device's own registers)."""
+    with open(os.path.join(PCI_DEVICES, bdf, "config"), "rb") as fh:
+        return fh.read(pci.PCI_CFG_SPACE_SIZE)
+
+
+def _link_state(bdf: str) -> Dict[str, Any]:
+    """Whether ``bdf`` answers config reads, and the link of the port above it (``port``
+    None on a root bus or below a conventional PCI bridge)."""
+    (vendor,) = struct.unpack_from("<H", _sysfs_config(bdf))
+    parent = os.path.basename(os.path.dirname(os.path.realpath(os.path.join(PCI_DEVICES, bdf))))
+    state: Dict[str, Any] = {"device_answers": vendor != 0xFFFF, "port": None}
+    if os.path.isdir(os.path.join(PCI_DEVICES, parent)):
+        link = port_link(_sysfs_config(parent))
+        state["port"] = None if link is None else {"bdf": parent, **link}
+    return state
+
+
+def hot_reset_failure(
+    bdf: str, ret: str, before: Dict[str, Any], after: Dict[str, Any], kernel_log: List[str]
+) -> str:
+    """Why a hot reset the kernel had offered failed with ``ret``, from the link state
+    ``before`` and ``after`` it (as :func:`_link_state` reads it) and the kernel's lines.
+
+    The offer is drivers/vfio/pci/vfio_pci_core.c vfio_pci_ioctl_pci_hot_reset():
+    pci_probe_reset_slot() or pci_probe_reset_bus() succeeded, else the ioctl answers ENODEV.
+    After the ownership test (vfio_pci_dev_set_hot_reset(): EINVAL for a missing group) the
+    kernel calls pci_reset_bus(); its ENOTTY comes from pci_bridge_wait_for_secondary_bus(),
+    documented as "-ENOTTY if the first device on the secondary bus failed to become
+    accessible": a reset that was done and did not come back, not one the slot cannot do.
+    """
+    said = "; ".join(kernel_log) or "nothing in the kernel log"
+    port = before.get("port")
+    if (
+        ret == "-ENOTTY"
+        and port is not None
+        and port["link_active_reporting"]
+        and not port["link_active"]
+        and before["device_answers"]
+    ):
+        return (
+            f"port {port['bdf']} advertises Data Link Layer Link Active Reporting (LNKCAP "
+            f"DLLLARC) but its Link Status DLLLA read 0 while {bdf} answered behind it, "
+            "before any reset: the port breaks the PCIe Link Status promise that "
+            "drivers/pci/pci.c pci_bridge_wait_for_secondary_bus() relies on after the "
+            f"secondary bus reset, so pci_reset_bus() gave up with ENOTTY (kernel: {said})"
+        )
+    if ret == "-ENOTTY" and not after["device_answers"]:
+        return (
+            f"{bdf} did not come back from the secondary bus reset (vendor ID reads 0xffff); "
+            "drivers/pci/pci.c pci_bridge_wait_for_secondary_bus() gave up with ENOTTY "
+            f"(kernel: {said})"
+        )
+    if ret == "-ENOTTY":
+        return f"pci_reset_bus() gave up with ENOTTY on a reset it had offered (kernel: {said})"
+    return f"the kernel answered {ret} (kernel: {said})"
+
+
 def hot_reset_ownership(bdf: str) -> Dict[str, Any]:
     """VFIO_DEVICE_PCI_HOT_RESET on ``bdf`` with no group fd, with a list that misses a group
-    the reset reaches (a foreign group when only one is reached), and with every group."""
+    the reset reaches (a foreign group when only one is reached), and with every group;
+    beside them the link state before and after the resets, and ``failure``, the cause of a
+    complete list's failure (:func:`hot_reset_failure`)."""
     bdf = sysfs.normalize_bdf(bdf)
     log = Transcript()
     with ExitStack() as stack:
@@ -203,7 +296,11 @@ def hot_reset_ownership(bdf: str) -> Dict[str, Any]:
         if info["ret"] != "0":
             return {"info": info, "ioctls": log.entries}
         needed = {d["group"] for d in info["devices"]}
-        result: Dict[str, Any] = {"info": info, "needed_groups": sorted(needed)}
+        result: Dict[str, Any] = {
+            "info": info,
+            "needed_groups": sorted(needed),
+            "link_before": _link_state(bdf),
+        }
         groups = {own.number: own}
         for number in sorted(needed - {own.number}):
             try:
@@ -224,5 +321,16 @@ def hot_reset_ownership(bdf: str) -> Dict[str, Any]:
                     device, [foreign], log, "a foreign group instead of the own"
                 )
         full = [groups[n] for n in sorted(needed)]
+        cursor = kmsg_cursor()
         result["complete"] = _hot_reset(device, full, log, "every group the reset reaches")
+        result["complete_kernel_log"] = kmsg_since(cursor)["lines"]
+        result["link_after"] = _link_state(bdf)
+    if result["complete"] != "0":
+        result["failure"] = hot_reset_failure(
+            bdf,
+            result["complete"],
+            result["link_before"],
+            result["link_after"],
+            result["complete_kernel_log"],
+        )
     return {**result, "ioctls": log.entries}
