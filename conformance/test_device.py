@@ -8,7 +8,7 @@ import pytest
 
 from vfio_hil.lab.inventory import DEVICE_MODELS
 from vfio_hil.lab.session import DeviceLease
-from vfio_hil_pytest import check
+from vfio_hil_pytest import ALL_BACKENDS, check
 
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 ENGINE_SPEC = "the device's own register and command set (edu.rst; NVM Express Base 2.0)"
@@ -50,9 +50,11 @@ def test_config_ids(dut_device: DeviceLease) -> None:
         assert got == expected, f"{dut_device.bdf} is {got[0]:04x}:{got[1]:04x}, not a {model.name}"
 
 
-def _engine_call(dut_device: DeviceLease, evidence: Any, func: str) -> dict[str, Any]:
+def _engine_call(
+    dut_device: DeviceLease, evidence: Any, func: str, **kwargs: Any
+) -> dict[str, Any]:
     """Run a DUT probe over the device's DMA engine; its result is the check's evidence."""
-    r = dut_device.call(func, bdf=dut_device.bdf, scratch=dut_device.device.scratch)
+    r = dut_device.call(func, bdf=dut_device.bdf, scratch=dut_device.device.scratch, **kwargs)
     evidence.add("engine", r.get("engine"))
     evidence.add("findings", r)
     if "skip" in r:
@@ -88,12 +90,13 @@ def test_engine_mmio(dut_device: DeviceLease, evidence: Any) -> None:
     level="MUST",
     spec=f"{VFIO_RST}: VFIO_IOMMU_MAP_DMA; {ENGINE_SPEC}",
     needs=("dma_to_host",),
+    backends=ALL_BACKENDS,
 )
-def test_engine_dma_roundtrip(dut_device: DeviceLease, evidence: Any) -> None:
-    """Mapped IOVAs must translate to the buffers userspace pinned: the data the device writes
-    to one mapping arrives byte for byte, and (where the device reads host memory) it
-    obtains exactly the bytes of another mapping."""
-    r = _engine_call(dut_device, evidence, "probes.engine_dma_roundtrip")
+def test_engine_dma_roundtrip(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
+    """Mapped IOVAs must translate to the buffers userspace pinned, under every IOMMU
+    backend: the data the device writes to one mapping arrives byte for byte, and (where the
+    device reads host memory) it obtains exactly the bytes of another mapping."""
+    r = _engine_call(dut_device, evidence, "probes.engine_dma_roundtrip", backend=iommu_backend)
     out = r["to_host"]
     assert r["mismatched_bytes"] == 0, (
         f"{dut_device.bdf}: {r['mismatched_bytes']} of {out['size']} bytes the device wrote to "

@@ -22,6 +22,7 @@ from .errors import BackendUnavailableError, UnsafeModeError
 from .group import VFIO_DEV_DIR, Group
 from .handle import Closing, Owned, Registry
 from .iommufd import IOMMUFD_PATH, Ioas, Iommufd
+from .iommufd import map_flags as iommufd_map_flags
 from .iova import IOVA_END, IovaAllocator, IovaRange
 
 #: Backend names :func:`open_iommu` accepts, besides ``"auto"``.
@@ -31,6 +32,8 @@ _CONTAINER_TYPES: Dict[str, int] = {
     "type1": uapi.VFIO_TYPE1_IOMMU,
     "noiommu": uapi.VFIO_NOIOMMU_IOMMU,
 }
+
+_RW = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
 
 
 class DmaMapping(Owned["IommuBackend"]):
@@ -90,6 +93,16 @@ class IommuBackend(Closing, abc.ABC):
     @abc.abstractmethod
     def unmap_dma(self, iova: int, size: int) -> int:
         """Unmap ``[iova, iova+size)``; return the bytes unmapped."""
+
+    @abc.abstractmethod
+    def raw_map_dma(self, vaddr: int, iova: int, size: int, flags: int = _RW) -> int:
+        """Map at the fixed ``iova`` with VFIO_DMA_MAP_FLAG_READ/WRITE ``flags`` (the
+        container's terms, whatever the backend); 0 or ``-errno``."""
+
+    @abc.abstractmethod
+    def raw_unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
+        """Unmap ``[iova, iova+size)``; the bytes unmapped or ``-errno``. ``flags`` are
+        VFIO_IOMMU_UNMAP_DMA's (iommufd takes none: any flag is ``-EINVAL``)."""
 
     @abc.abstractmethod
     def _unmap_everything(self) -> int:
@@ -255,6 +268,14 @@ class ContainerBackend(IommuBackend):
         """VFIO_IOMMU_UNMAP_DMA (see :meth:`Container.unmap_dma`)."""
         return self.container.unmap_dma(iova, size)
 
+    def raw_map_dma(self, vaddr: int, iova: int, size: int, flags: int = _RW) -> int:
+        """VFIO_IOMMU_MAP_DMA through the raw tier."""
+        return self.container.raw_map_dma(vaddr, iova, size, flags)
+
+    def raw_unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
+        """VFIO_IOMMU_UNMAP_DMA through the raw tier."""
+        return self.container.raw_unmap_dma(iova, size, flags)
+
     def _unmap_everything(self) -> int:
         return self.container.unmap_all()
 
@@ -333,6 +354,25 @@ class IommufdBackend(IommuBackend):
     def unmap_dma(self, iova: int, size: int) -> int:
         """IOMMU_IOAS_UNMAP."""
         return self.ioas.unmap(iova, size)
+
+    def raw_map_dma(self, vaddr: int, iova: int, size: int, flags: int = _RW) -> int:
+        """IOMMU_IOAS_MAP at the fixed ``iova`` through the raw tier, READ/WRITE from the
+        VFIO flags."""
+        ret = self.ioas.raw_map(
+            vaddr,
+            size,
+            iova,
+            iommufd_map_flags(
+                iova,
+                bool(flags & uapi.VFIO_DMA_MAP_FLAG_READ),
+                bool(flags & uapi.VFIO_DMA_MAP_FLAG_WRITE),
+            ),
+        )
+        return min(ret, 0)
+
+    def raw_unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
+        """IOMMU_IOAS_UNMAP through the raw tier."""
+        return -errno.EINVAL if flags else self.ioas.raw_unmap(iova, size)
 
     def _unmap_everything(self) -> int:
         return self.ioas.unmap_all()

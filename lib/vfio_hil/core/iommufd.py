@@ -20,7 +20,7 @@ _IOAS_MAP = uapi.PACKED["IOMMU_IOAS_MAP"].layout
 _IOAS_UNMAP = uapi.PACKED["IOMMU_IOAS_UNMAP"].layout
 
 
-def _map_flags(iova: Optional[int], readable: bool, writable: bool) -> int:
+def map_flags(iova: Optional[int], readable: bool, writable: bool) -> int:
     return (
         (uapi.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0)
         | (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0)
@@ -114,7 +114,7 @@ class Ioas(Owned[Iommufd]):
         With ``iova`` the mapping is placed there (IOMMU_IOAS_MAP_FIXED_IOVA), otherwise the
         kernel picks the IOVA.
         """
-        flags = _map_flags(iova, readable, writable)
+        flags = map_flags(iova, readable, writable)
         request = self._map(vaddr, size, iova, flags)
         self._strict("IOMMU_IOAS_MAP", request, vaddr=vaddr, size=size, iova=iova, flags=flags)
         return _IOAS_MAP.unpack_from(request)[6]  # iova
@@ -163,7 +163,7 @@ class Ioas(Owned[Iommufd]):
     ) -> int:
         """IOMMU_IOAS_COPY: map here the pages ``source`` maps at ``src_iova``; return the
         IOVA in this IOAS (fixed when ``iova`` is given)."""
-        request = self._copy(source, src_iova, size, iova, _map_flags(iova, readable, writable))
+        request = self._copy(source, src_iova, size, iova, map_flags(iova, readable, writable))
         self._strict(
             "IOMMU_IOAS_COPY", request, source=source.id, src_iova=src_iova, size=size, iova=iova
         )

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from ..core import sysfs, uapi
+from ..core.backend import IommuBackend
 from ..core.container import Container
 from ..core.device import Device
 from ..core.group import Group
@@ -91,17 +92,28 @@ class Transcript:
         self.add("open", 0, path=path)
         return fd
 
-    def map(self, container: Container, vaddr: int, iova: int, size: int, flags: int = RW) -> int:
-        """VFIO_IOMMU_MAP_DMA through the raw tier: 0 or ``-errno``."""
+    def map(self, target: Mapper, vaddr: int, iova: int, size: int, flags: int = RW) -> int:
+        """Map DMA through the raw tier of a container or any IOMMU backend (VFIO flags):
+        0 or ``-errno``."""
         args = {"vaddr": vaddr, "iova": iova, "size": size, "flags": flags}
+        ret = target.raw_map_dma(vaddr, iova, size, flags)
+        return self.record(_ioctl_name(target, "VFIO_IOMMU_MAP_DMA", "IOMMU_IOAS_MAP"), args, ret)
+
+    def unmap(self, target: Mapper, iova: int, size: int, flags: int = 0) -> int:
+        """Unmap DMA through the raw tier: bytes unmapped or ``-errno``."""
+        args = {"iova": iova, "size": size, "flags": flags}
+        ret = target.raw_unmap_dma(iova, size, flags)
         return self.record(
-            "VFIO_IOMMU_MAP_DMA", args, container.raw_map_dma(vaddr, iova, size, flags)
+            _ioctl_name(target, "VFIO_IOMMU_UNMAP_DMA", "IOMMU_IOAS_UNMAP"), args, ret
         )
 
-    def unmap(self, container: Container, iova: int, size: int, flags: int = 0) -> int:
-        """VFIO_IOMMU_UNMAP_DMA through the raw tier: bytes unmapped or ``-errno``."""
-        args = {"iova": iova, "size": size, "flags": flags}
-        return self.record("VFIO_IOMMU_UNMAP_DMA", args, container.raw_unmap_dma(iova, size, flags))
+
+#: A container or an IOMMU backend: both map and unmap DMA through a raw tier in VFIO terms.
+Mapper = Union[Container, IommuBackend]
+
+
+def _ioctl_name(target: Mapper, container_ioctl: str, iommufd_ioctl: str) -> str:
+    return iommufd_ioctl if getattr(target, "name", None) == "iommufd" else container_ioctl
 
 
 # -- IOMMU faults in the kernel log ----------------------------------------------------------

@@ -1,9 +1,11 @@
 """The DMA engines of devices under test. Runs on the DUT.
 
-:func:`engine_in_container` opens a device in a container of its own and drives it through
-the engine its driver offers (:func:`vfio_hil.core.drivers.probe_engine`); the ISO, DMA, IRQ
-and MMIO checks run over it, whatever the device. :func:`describe` tells the controller which
-engine a device offers, with its capabilities and the identity the device reports.
+:func:`engine_in_container` opens a device in an IOMMU context of its own (a type1v2
+container by default, or any backend :func:`vfio_hil.core.open_iommu` offers) and drives it
+through the engine its driver offers (:func:`vfio_hil.core.drivers.probe_engine`); the ISO,
+DMA, IRQ and MMIO checks run over it, whatever the device. :func:`describe` tells the
+controller which engine a device offers, with its capabilities and the identity the device
+reports; :func:`backends` which IOMMU backends the DUT's kernel offers.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Tuple
 
 from ..core import sysfs
-from ..core.container import Container
+from ..core.backend import IommuBackend, available_backends, open_iommu
 from ..core.device import Device
 from ..core.drivers import DmaEngine, EngineMemory, probe_engine
-from .mapping import device_in_container
+
+#: The backend device-level checks use: the one every kernel with VFIO offers.
+DEFAULT_BACKEND = "type1v2"
 
 
 class NoEngineError(LookupError):
@@ -24,17 +28,19 @@ class NoEngineError(LookupError):
 
 @contextmanager
 def engine_in_container(
-    bdf: str, scratch: bool = False
-) -> Iterator[Tuple[Container, Device, DmaEngine]]:
-    """``bdf`` in a type1v2 container of its own, driven as a DMA engine (its private DMA
-    memory at :attr:`EngineMemory.DEFAULT_BASE`). Raises :class:`NoEngineError` for a device
-    no driver drives."""
-    with device_in_container(bdf) as (container, device), EngineMemory.of(container) as memory:
-        engine = probe_engine(device, memory, scratch)
-        if engine is None:
-            raise NoEngineError(f"no DMA engine drives {sysfs.normalize_bdf(bdf)}")
-        with engine:
-            yield container, device, engine
+    bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
+) -> Iterator[Tuple[IommuBackend, Device, DmaEngine]]:
+    """``bdf`` in an IOMMU context of its own (``backend``), driven as a DMA engine (its
+    private DMA memory at :attr:`EngineMemory.DEFAULT_BASE`). Raises :class:`NoEngineError`
+    for a device no driver drives."""
+    with open_iommu(backend) as iommu:
+        device = iommu.open_device(bdf)
+        with EngineMemory.of(iommu) as memory:
+            engine = probe_engine(device, memory, scratch)
+            if engine is None:
+                raise NoEngineError(f"no DMA engine drives {sysfs.normalize_bdf(bdf)}")
+            with engine:
+                yield iommu, device, engine
 
 
 def describe(bdf: str) -> Dict[str, Any]:
@@ -45,3 +51,8 @@ def describe(bdf: str) -> Dict[str, Any]:
             return engine.describe()
     except NoEngineError:
         return {"engine": None, "capabilities": [], "caps": None, "identity": {}}
+
+
+def backends() -> Dict[str, str]:
+    """Every IOMMU backend and why this DUT cannot use it (``""``: it can)."""
+    return available_backends()

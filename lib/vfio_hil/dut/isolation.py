@@ -1,6 +1,7 @@
 """DMA isolation through the IOMMU, driven by any device's DMA engine. Runs on the DUT.
 
-Each function opens the device in a type1v2 container, drives it through the engine its
+Each function opens the device in an IOMMU context of its own (``backend``: type1, type1v2 or
+iommufd, see :func:`vfio_hil.core.open_iommu`), drives it through the engine its
 driver offers (:mod:`vfio_hil.core.drivers.engine`: QEMU's edu, any NVMe controller, ...),
 maps what it needs, has the device DMA to mapped and unmapped IOVAs, and reports what arrived
 where, the IOMMU faults the kernel logged for the blocked transfers, and every transfer's
@@ -23,14 +24,14 @@ from contextlib import ExitStack
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..core import sysfs
-from ..core.container import Container
+from ..core.backend import IommuBackend
 from ..core.device import PCI_COMMAND, PCI_COMMAND_MASTER, Device
 from ..core.dma import HUGE_2M, DmaBuffer
 from ..core.drivers import EngineMemory, Transfer
 from ..core.errors import VfioError
 from . import evidence
 from .common import Fault, Transcript, parse_fault
-from .engines import engine_in_container
+from .engines import DEFAULT_BACKEND, engine_in_container
 from .mapping import READ, RW, hugepages
 
 #: The IOVAs mappings are placed at; all far below every engine's address limit (edu: 28 bits).
@@ -169,13 +170,15 @@ def _nonzero_random(size: int) -> bytes:
 
 
 class _Bench:
-    """A device's DMA engine in its own container, with the transcript, the fault watch and
+    """A device's DMA engine in its own IOMMU context, with the transcript, the fault watch and
     the transfers of one probe."""
 
-    def __init__(self, stack: ExitStack, bdf: str, scratch: bool = False) -> None:
+    def __init__(
+        self, stack: ExitStack, bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
+    ) -> None:
         self.bdf = sysfs.normalize_bdf(bdf)
-        self.container, self.device, self.engine = stack.enter_context(
-            engine_in_container(bdf, scratch)
+        self.iommu, self.device, self.engine = stack.enter_context(
+            engine_in_container(bdf, scratch, backend)
         )
         self.stack = stack
         self.transcript = Transcript()
@@ -196,7 +199,7 @@ class _Bench:
         self, iova: int, data: Optional[bytes] = None, size: int = mmap.PAGESIZE, flags: int = RW
     ) -> DmaBuffer:
         """New memory (zero, or ``data``) mapped at ``iova`` with ``flags``."""
-        return map_buffer(self.stack, self.container, self.transcript, iova, data, size, flags)
+        return map_buffer(self.stack, self.iommu, self.transcript, iova, data, size, flags)
 
     def _keep(self, direction: str, iova: int, size: int, transfer: Transfer) -> Transfer:
         self.transfers.append(
@@ -239,6 +242,7 @@ class _Bench:
         return {
             **fields,
             "engine": self.engine.name,
+            "backend": self.iommu.name,
             "transfers": self.transfers,
             "faults": self.watch.all_faults(),
             "ioctls": self.transcript.entries,
@@ -247,7 +251,7 @@ class _Bench:
 
 def map_buffer(
     stack: ExitStack,
-    container: Container,
+    iommu: IommuBackend,
     transcript: Transcript,
     iova: int,
     data: Optional[bytes] = None,
@@ -255,16 +259,14 @@ def map_buffer(
     flags: int = RW,
     page_size: int = mmap.PAGESIZE,
 ) -> DmaBuffer:
-    """New memory holding ``data`` (else zero), mapped at ``iova`` in ``container``."""
+    """New memory holding ``data`` (else zero), mapped at ``iova`` in ``iommu``."""
     buf = stack.enter_context(DmaBuffer(size, page_size=page_size))
     if data is not None:
         buf.fill(data)
-    ret = transcript.map(container, buf.vaddr, iova, buf.length, flags)
+    ret = transcript.map(iommu, buf.vaddr, iova, buf.length, flags)
     if ret < 0:
         # The kernel refused an ordinary mapping: a finding, like any strict-tier refusal.
-        raise VfioError(
-            -ret, "VFIO_IOMMU_MAP_DMA", container.target, {"iova": iova, "size": buf.length}
-        )
+        raise VfioError(-ret, "map DMA", repr(iommu), {"iova": iova, "size": buf.length})
     return buf
 
 
@@ -279,7 +281,9 @@ def _pages(size: int) -> int:
     return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
 
 
-def exact_landing(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def exact_landing(
+    bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
     """DMA at offsets inside mappings lands exactly there: the device writes its payload into
     a multi-page mapping at two unaligned (dword-aligned) offsets, one of them across a page
     boundary; every other byte of the destination must stay zero. Where the device also
@@ -287,7 +291,7 @@ def exact_landing(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     mapping."""
     page = mmap.PAGESIZE
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf, scratch)
+        bench = _Bench(stack, bdf, scratch, backend)
         write_at, second_at, read_from = page + 0x124, 2 * page + 0x40, 0x300
         size = _pages(second_at + bench.out_size)
         dst = bench.buffer(IOVA_DST, size=size)
@@ -306,12 +310,14 @@ def exact_landing(bdf: str, scratch: bool = False) -> Dict[str, Any]:
         return bench.result(**_diff(dst.read(), bytes(expected)), size=size, read_exact=read_exact)
 
 
-def unmapped_write(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def unmapped_write(
+    bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
     """The device writes to an unmapped IOVA: nothing may change anywhere, and the IOMMU must
     log the fault. The IOVA is the physical address of a page of this process (the sentinel)
     where that is visible, so an IOMMU passing DMA through would be caught writing it."""
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf, scratch)
+        bench = _Bench(stack, bdf, scratch, backend)
         mapped = bench.buffer(IOVA_DST, size=_pages(bench.out_size))
         sentinel, offset, phys = _sentinel(stack, bench.engine.caps.address_limit)
         target = FALLBACK_UNMAPPED_IOVA if phys is None else phys
@@ -327,12 +333,14 @@ def unmapped_write(bdf: str, scratch: bool = False) -> Dict[str, Any]:
         )
 
 
-def unmapped_read(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def unmapped_read(
+    bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
     """The device reads from an unmapped IOVA (the sentinel's physical address where known),
     after reading zeros from a mapped one: it must not obtain the secret the sentinel holds,
     and the IOMMU must log the fault."""
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf, scratch)
+        bench = _Bench(stack, bdf, scratch, backend)
         bench.buffer(IOVA_SRC)  # zeros: what the device holds before the blocked read
         sentinel, offset, phys = _sentinel(stack, bench.engine.caps.address_limit)
         secret = _nonzero_random(bench.in_size)
@@ -349,17 +357,17 @@ def unmapped_read(bdf: str, scratch: bool = False) -> Dict[str, Any]:
         )
 
 
-def after_unmap(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def after_unmap(bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """A DMA that worked stops working once its mapping is unmapped, although the memory is
     still the process's: the IOMMU (and its IOTLB) must forget the translation."""
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf, scratch)
+        bench = _Bench(stack, bdf, scratch, backend)
         dst = bench.buffer(IOVA_DST, size=_pages(bench.out_size))
         data = bench.payload()
         bench.store(IOVA_DST)
         arrived_while_mapped = dst.read(0, len(data)) == data
         dst.zero()
-        bench.transcript.unmap(bench.container, IOVA_DST, dst.length)
+        bench.transcript.unmap(bench.iommu, IOVA_DST, dst.length)
         faults = bench.blocked(IOVA_DST, "write")
         return bench.result(
             iova=IOVA_DST,
@@ -369,7 +377,9 @@ def after_unmap(bdf: str, scratch: bool = False) -> Dict[str, Any]:
         )
 
 
-def read_only_write(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def read_only_write(
+    bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
     """A mapping without VFIO_DMA_MAP_FLAG_WRITE: the device's write to it must be blocked
     (and logged), while it can read it (where the engine reads host memory at all; None
     otherwise).
@@ -378,7 +388,7 @@ def read_only_write(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     read-only translation it has already cached from an earlier read.
     """
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf, scratch)
+        bench = _Bench(stack, bdf, scratch, backend)
         size = _pages(bench.out_size)
         original = os.urandom(size)
         ro = bench.buffer(IOVA_OTHER, original, size=size, flags=READ)
@@ -392,12 +402,14 @@ def read_only_write(bdf: str, scratch: bool = False) -> Dict[str, Any]:
         return bench.result(iova=IOVA_OTHER, readable=readable, written=written, fault_lines=faults)
 
 
-def cross_container(bdf: str, peer: str, scratch: bool = False) -> Dict[str, Any]:
-    """Two devices in two containers: memory mapped only in the peer's container at an IOVA
+def cross_container(
+    bdf: str, peer: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
+    """Two devices in two IOMMU contexts: memory mapped only in the peer's context at an IOVA
     must be out of reach for ``bdf`` at that IOVA, and within reach for the peer."""
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf, scratch)
-        other = _Bench(stack, peer)
+        bench = _Bench(stack, bdf, scratch, backend)
+        other = _Bench(stack, peer, backend=backend)
         size = _pages(max(bench.out_size, other.out_size))
         victim = other.buffer(IOVA_DST, size=size)
         bench.payload()
@@ -427,13 +439,15 @@ def _set_bus_master(device: Device, on: bool) -> int:
     return device.config_read(PCI_COMMAND, 2)
 
 
-def bus_master_off(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def bus_master_off(
+    bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
     """With Bus Master Enable cleared in the command register the device must not reach
     memory; with it set again the same transfer must arrive. (A device that fetches its
     commands by DMA, as NVMe does, cannot even start the transfer then: it times out and the
     engine resets the device before bus mastering is turned back on.)"""
     with ExitStack() as stack:
-        bench = _Bench(stack, bdf, scratch)
+        bench = _Bench(stack, bdf, scratch, backend)
         dst = bench.buffer(IOVA_DST, size=_pages(bench.out_size))
         data = bench.payload()
         stack.callback(_set_bus_master, bench.device, True)
@@ -452,16 +466,16 @@ def bus_master_off(bdf: str, scratch: bool = False) -> Dict[str, Any]:
         )
 
 
-def hugepage_dma(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def hugepage_dma(bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """DMA into a 2 MiB huge-page mapping lands at the right offsets: one deep in its first
     half, one ending just before its last bytes, and nowhere else."""
     with hugepages(1) as unavailable:
         if unavailable:
             return {"skip": unavailable}
         with ExitStack() as stack:
-            bench = _Bench(stack, bdf, scratch)
+            bench = _Bench(stack, bdf, scratch, backend)
             huge = map_buffer(
-                stack, bench.container, bench.transcript, IOVA_HUGE, size=HUGE_2M, page_size=HUGE_2M
+                stack, bench.iommu, bench.transcript, IOVA_HUGE, size=HUGE_2M, page_size=HUGE_2M
             )
             huge.zero()
             data = bench.payload()

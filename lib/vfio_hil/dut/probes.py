@@ -18,7 +18,7 @@ from ..core.dma import DmaBuffer
 from ..core.drivers import Transfer
 from ..core.group import Group
 from .common import open_device
-from .engines import engine_in_container
+from .engines import DEFAULT_BACKEND, engine_in_container
 
 #: IOVAs for the DMA round trip: page-aligned and far below every engine's DMA limit.
 IOVA_SRC = 0x100000
@@ -70,17 +70,20 @@ def engine_mmio(bdf: str, scratch: bool = False) -> Dict[str, Any]:
         return {"engine": engine.name, **asdict(engine.probe_registers())}
 
 
-def engine_dma_roundtrip(bdf: str, scratch: bool = False) -> Dict[str, Any]:
-    """The device writes its payload to a mapped IOVA and reads random bytes from another:
-    what it writes must arrive byte for byte, and it must obtain exactly what it read."""
+def engine_dma_roundtrip(
+    bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
+    """Under IOMMU ``backend``, the device writes its payload to a mapped IOVA and reads
+    random bytes from another: what it writes must arrive byte for byte, and it must obtain
+    exactly what it read."""
     with ExitStack() as stack:
-        container, _device, engine = stack.enter_context(engine_in_container(bdf, scratch))
+        iommu, _device, engine = stack.enter_context(engine_in_container(bdf, scratch, backend))
         caps = engine.caps
         src = stack.enter_context(DmaBuffer(PAGE))
         dst = stack.enter_context(DmaBuffer(max(PAGE, caps.to_host_size)))
         for buf, iova in ((src, IOVA_SRC), (dst, IOVA_DST)):
-            container.map_dma(buf.vaddr, iova, buf.length)
-            stack.callback(container.unmap_dma, iova, buf.length)
+            iommu.map_dma(buf.vaddr, iova, buf.length)
+            stack.callback(iommu.unmap_dma, iova, buf.length)
         sent = src.fill_random()[: caps.from_host_size]
         payload = engine.prime(os.urandom(caps.to_host_size))[: caps.to_host_size]
         out = engine.to_host(IOVA_DST)
@@ -92,6 +95,7 @@ def engine_dma_roundtrip(bdf: str, scratch: bool = False) -> Dict[str, Any]:
             obtained = engine.holds(sent)
     return {
         "engine": engine.name,
+        "backend": iommu.name,
         "to_host": {"iova": IOVA_DST, "size": len(payload), "status": out.status},
         "mismatched_bytes": mismatched,
         "from_host": None if into is None else {"iova": IOVA_SRC, "status": into.status},

@@ -30,12 +30,15 @@ DEFAULT_KERNEL = "linux-image-amd64"
 
 @dataclass(frozen=True)
 class DeviceModel:
-    """What the suite knows about a kind of PCI device it can test."""
+    """What the suite knows about a kind of PCI device it can test. A device is of this
+    model when its IDs are ``vendor_id:device_id`` (0: any) and its class code is
+    ``class_code`` (None: any)."""
 
     name: str
     vendor_id: int
     device_id: int
     capabilities: frozenset[str]
+    class_code: int | None = None
 
 
 #: What a DMA engine (``vfio_hil.core.drivers.engine``) offers, as checks ask for it. A device
@@ -50,8 +53,9 @@ DEVICE_MODELS: dict[str, DeviceModel] = {
         DeviceModel(
             "edu", 0x1234, 0x11E8, frozenset({"mmio", "dma", "msi", "edu"}) | ENGINE_CAPABILITIES
         ),
+        # Any vendor's NVMe controller: class 01:08:02 (mass storage, NVM, NVM Express).
         DeviceModel(
-            "nvme", 0x1B36, 0x0010, frozenset({"mmio", "msix", "nvme"}) | ENGINE_CAPABILITIES
+            "nvme", 0, 0, frozenset({"mmio", "msix", "nvme"}) | ENGINE_CAPABILITIES, 0x010802
         ),
         DeviceModel("pci-testdev", 0x1B36, 0x0005, frozenset({"mmio", "pio", "pci-testdev"})),
         DeviceModel("generic", 0, 0, frozenset()),

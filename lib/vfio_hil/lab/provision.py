@@ -17,8 +17,8 @@ import ansible_runner
 import yaml
 
 import vfio_hil
-from vfio_hil.lab.errors import ProvisioningError
-from vfio_hil.lab.inventory import Host, Inventory
+from vfio_hil.lab.errors import InventoryError, ProvisioningError
+from vfio_hil.lab.inventory import DEVICE_MODELS, DeviceModel, Host, Inventory
 from vfio_hil.lab.rack import VirtualRack
 
 ANSIBLE_DIR = Path(__file__).with_name("ansible")
@@ -35,6 +35,75 @@ def build_dut_zip(dest: Path) -> Path:
             for path in sorted((PACKAGE_DIR / sub).rglob("*.py")):
                 zf.write(path, f"vfio_hil/{path.relative_to(PACKAGE_DIR)}")
     return dest
+
+
+def _hex(text: str | None) -> int | None:
+    """A sysfs hex value (``0x1b36``) as an integer, None when absent or unreadable."""
+    try:
+        return int(text, 16) if text else None
+    except ValueError:
+        return None
+
+
+def _ids(vendor: int | None, device: int | None) -> str | None:
+    return None if vendor is None or device is None else f"{vendor:04x}:{device:04x}"
+
+
+def _class_text(code: int) -> str:
+    """A class code as base class, subclass and programming interface: ``01:08:02``."""
+    return f"{code >> 16:02x}:{(code >> 8) & 0xFF:02x}:{code & 0xFF:02x}"
+
+
+def device_identity(facts: dict[str, Any]) -> dict[str, str | None]:
+    """What a device says it is, from its platform facts (the registers of its config space
+    as the DUT's sysfs shows them): ``vendor_device``, ``subsystem_vendor_device``,
+    ``class_code`` (``01:08:02``) and ``revision``; None for what sysfs did not show."""
+    pci_class, revision = _hex(facts.get("class")), _hex(facts.get("revision"))
+    return {
+        "vendor_device": _ids(_hex(facts.get("vendor")), _hex(facts.get("device"))),
+        "subsystem_vendor_device": _ids(
+            _hex(facts.get("subsystem_vendor")), _hex(facts.get("subsystem_device"))
+        ),
+        "class_code": None if pci_class is None else _class_text(pci_class),
+        "revision": None if revision is None else f"{revision:02x}",
+    }
+
+
+def _model_text(model: DeviceModel) -> str:
+    """What a model requires of a device: ``1234:11e8``, ``class 01:08:02``."""
+    parts = [f"{model.vendor_id:04x}:{model.device_id:04x}"] if model.vendor_id else []
+    if model.class_code is not None:
+        parts.append(f"class {_class_text(model.class_code)}")
+    return ", ".join(parts)
+
+
+def model_contradiction(model: DeviceModel, facts: dict[str, Any]) -> str | None:
+    """What the device is, when its platform facts contradict ``model`` (its IDs or class
+    code differ from the model's); None when they match or the model requires nothing."""
+    vendor, device, pci_class = (_hex(facts.get(k)) for k in ("vendor", "device", "class"))
+    ids_match = not model.vendor_id or (vendor, device) == (model.vendor_id, model.device_id)
+    class_match = model.class_code is None or pci_class == model.class_code
+    if ids_match and class_match:
+        return None
+    identity = device_identity(facts)
+    return f"{identity['vendor_device']}, class {identity['class_code']}"
+
+
+def check_device_models(host: Host, devices: dict[str, dict[str, Any]]) -> None:
+    """Raise InventoryError (one line: host, BDF, listed model, what the device is) when a
+    device of ``host`` is not what its listed model says; ``devices`` are the platform facts'
+    devices of the host. A device listed without a model (``generic``) matches anything."""
+    wrong = []
+    for dev in host.devices:
+        model = DEVICE_MODELS[dev.model]
+        found = model_contradiction(model, devices.get(dev.bdf, {}))
+        if found is not None:
+            wrong.append(
+                f"{dev.bdf} is listed as model {dev.model} ({_model_text(model)}), "
+                f"but the device is {found}"
+            )
+    if wrong:
+        raise InventoryError(f"{host.name}: " + "; ".join(wrong))
 
 
 class Provisioner:
@@ -134,10 +203,14 @@ class Provisioner:
         return tasks
 
     def preflight(self, hosts: list[Host]) -> dict[str, dict[str, Any]]:
-        """Gather platform facts of ``hosts`` and check that every device under test is there;
+        """Gather platform facts of ``hosts``, check that every device under test is there and
+        is what its listed model says (InventoryError otherwise, before anything changed);
         return ``{host: platform facts}``."""
         plays = self.run_play(hosts, "preflight.yml")
-        return {name: tasks["platform facts"]["platform"] for name, tasks in plays.items()}
+        facts = {name: tasks["platform facts"]["platform"] for name, tasks in plays.items()}
+        for host in hosts:
+            check_device_models(host, facts[host.name]["devices"])
+        return facts
 
     def setup(self, host: Host) -> dict[str, Any]:
         """Deploy the DUT library and bind the devices' IOMMU groups to vfio-pci; return the

@@ -24,7 +24,7 @@ from typing import Any
 from vfio_hil.lab.channel import DutChannel, DutVfioError, LocalDutChannel, SshDutChannel
 from vfio_hil.lab.errors import HilError
 from vfio_hil.lab.inventory import DutDevice, Host, Inventory, load_inventory
-from vfio_hil.lab.provision import Provisioner
+from vfio_hil.lab.provision import Provisioner, device_identity
 from vfio_hil.lab.rack import VirtualRack
 
 
@@ -39,6 +39,7 @@ class HostSession:
     _attach_probed: bool = False
     _attach_refusal: str | None = None
     _engines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _backends: dict[str, str] | None = None
 
     @property
     def name(self) -> str:
@@ -76,6 +77,23 @@ class HostSession:
         if bdf not in self._engines:
             self._engines[bdf] = self.call("engines.describe", bdf=bdf)
         return self._engines[bdf]
+
+    def device_identity(self, bdf: str) -> dict[str, Any]:
+        """What ``bdf`` says it is, as far as this session learned it without asking the DUT
+        again: its IDs, class code and revision from the platform facts of setup, and under
+        ``identity`` what its DMA engine reported once a check probed it (NVMe: model,
+        serial, firmware revision from Identify Controller)."""
+        found: dict[str, Any] = device_identity(self.platform.get("devices", {}).get(bdf, {}))
+        learned = self._engines.get(bdf, {}).get("identity")
+        if learned:
+            found["identity"] = learned
+        return found
+
+    def backends(self) -> dict[str, str]:
+        """Every IOMMU backend and why the DUT cannot use it ("" where it can); asked once."""
+        if self._backends is None:
+            self._backends = self.call("engines.backends")
+        return self._backends
 
     def _probe_attach(self, bdf: str) -> str | None:
         try:

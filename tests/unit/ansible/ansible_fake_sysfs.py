@@ -41,6 +41,8 @@ class FakeSysfs:
         vendor: str = "0x1234",
         device: str = "0x11e8",
         pci_class: str = "0x00ff00",
+        subsystem: tuple[str, str] = ("0x1af4", "0x1100"),
+        revision: str = "0x10",
         group: int | None = None,
         driver: str | None = None,
     ) -> None:
@@ -50,6 +52,9 @@ class FakeSysfs:
         (path / "vendor").write_text(vendor + "\n")
         (path / "device").write_text(device + "\n")
         (path / "class").write_text(pci_class + "\n")
+        (path / "subsystem_vendor").write_text(subsystem[0] + "\n")
+        (path / "subsystem_device").write_text(subsystem[1] + "\n")
+        (path / "revision").write_text(revision + "\n")
         (path / "driver_override").write_text("(null)\n")
         if group is not None:
             group_dir = self.root / "sys/kernel/iommu_groups" / str(group)

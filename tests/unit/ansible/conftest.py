@@ -58,6 +58,7 @@ def vm_sysfs(fake_sysfs: FakeSysfs) -> FakeSysfs:
         vendor="0x1b36",
         device="0x0010",
         pci_class="0x010802",
+        revision="0x02",
         group=5,
         driver="nvme",
     )

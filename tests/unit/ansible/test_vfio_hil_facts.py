@@ -77,7 +77,10 @@ def test_gather_platform_on_vm_like_tree(facts_mod: ModuleType, vm_sysfs: FakeSy
     assert platform["devices"]["0000:00:06.0"] == {
         "vendor": "0x1b36",
         "device": "0x0010",
+        "subsystem_vendor": "0x1af4",
+        "subsystem_device": "0x1100",
         "class": "0x010802",
+        "revision": "0x02",
         "driver": "nvme",
         "iommu_group": 5,
         "is_bridge": False,

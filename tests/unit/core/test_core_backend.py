@@ -323,3 +323,14 @@ def test_dirty_page_tracking_bytes(backend: ContainerBackend, kernel: LegacyKern
     assert kernel.calls[-1].arg == struct.pack("=II", 8, flags[1])
     kernel.handlers["VFIO_IOMMU_DIRTY_PAGES"] = lambda _arg: -errno.EINVAL
     assert container.raw_dirty_pages(flags[2], 0x100000, 4096) == -errno.EINVAL
+
+
+def test_raw_tier_in_vfio_terms(backend: ContainerBackend, kernel: LegacyKernel) -> None:
+    """The backend's raw tier is the container's: VFIO flags in, 0 or -errno out."""
+    backend.open_device(BDF)
+    assert backend.raw_map_dma(0x7000_0000, 0x2000, 4096, uapi.VFIO_DMA_MAP_FLAG_READ) == 0
+    assert kernel.last("VFIO_IOMMU_MAP_DMA").arg == struct.pack(
+        "=IIQQQ", 32, uapi.VFIO_DMA_MAP_FLAG_READ, 0x7000_0000, 0x2000, 4096
+    )
+    kernel.handlers["VFIO_IOMMU_UNMAP_DMA"] = lambda _arg: -errno.EINVAL
+    assert backend.raw_unmap_dma(0x2000, 4096) == -errno.EINVAL

@@ -274,3 +274,23 @@ def test_closed_ioas_refuses_calls(tmp_path: Path, kernel: FakeKernel) -> None:
         ioas.map(0, 4096)
     ioas.close()
     assert "IOMMU_DESTROY" not in kernel.names()  # the kernel frees it with the fd
+
+
+def test_backend_raw_tier_takes_vfio_flags(backend: IommufdBackend, kernel: FakeKernel) -> None:
+    """The backend-neutral raw tier speaks VFIO's READ/WRITE flags and returns 0 or -errno,
+    as the container's does, so one transcript serves every backend."""
+    backend.open_device(BDF)
+    assert backend.raw_map_dma(0x7000_0000, 0x20000, 4096, uapi.VFIO_DMA_MAP_FLAG_READ) == 0
+    assert kernel.last("IOMMU_IOAS_MAP").arg == struct.pack(
+        "=IIIIQQQ",
+        40,
+        uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE,
+        IOAS_ID,
+        0,
+        0x7000_0000,
+        4096,
+        0x20000,
+    )
+    assert backend.raw_unmap_dma(0x20000, 4096, uapi.VFIO_DMA_UNMAP_FLAG_ALL) == -errno.EINVAL
+    kernel.handlers["IOMMU_IOAS_MAP"] = lambda _arg: -errno.EEXIST
+    assert backend.raw_map_dma(0x7000_0000, 0x20000, 4096) == -errno.EEXIST

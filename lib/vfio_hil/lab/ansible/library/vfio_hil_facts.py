@@ -39,7 +39,9 @@ platform:
   description: >-
     kernel_release, kernel_cmdline, iommu {kind, units, translation,
     group_count, default_domain_types}, interrupt_remapping {enabled,
-    evidence}, iommu_groups, devices, vfio_params, vfio_loaded, dev_vfio.
+    evidence}, iommu_groups, devices {vendor, device, subsystem_vendor,
+    subsystem_device, class, revision, driver, iommu_group, is_bridge},
+    vfio_params, vfio_loaded, dev_vfio.
   returned: always
   type: dict
 """
@@ -167,7 +169,9 @@ def interrupt_remapping(dmesg_text: str, interrupts_text: str) -> dict[str, Any]
 
 
 def read_devices(root: str) -> dict[str, dict[str, Any]]:
-    """Describe every PCI device: IDs, class, bound driver and IOMMU group."""
+    """Describe every PCI device: what it says it is (vendor, device, subsystem vendor and
+    device IDs, class code, revision, as sysfs shows the config space's registers), bound
+    driver and IOMMU group."""
     base = os.path.join(root, "sys/bus/pci/devices")
     devices: dict[str, dict[str, Any]] = {}
     for bdf in list_dir(base):
@@ -177,7 +181,10 @@ def read_devices(root: str) -> dict[str, dict[str, Any]]:
         devices[bdf] = {
             "vendor": read_text(os.path.join(path, "vendor")),
             "device": read_text(os.path.join(path, "device")),
+            "subsystem_vendor": read_text(os.path.join(path, "subsystem_vendor")),
+            "subsystem_device": read_text(os.path.join(path, "subsystem_device")),
             "class": pci_class,
+            "revision": read_text(os.path.join(path, "revision")),
             "driver": link_name(os.path.join(path, "driver")),
             "iommu_group": int(group) if group is not None and group.isdigit() else None,
             "is_bridge": (pci_class or "").lower().startswith("0x0604"),

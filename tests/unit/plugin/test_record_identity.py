@@ -1,0 +1,104 @@
+"""A record's device is what the DUT says it is: its IDs, class and revision from the host's
+platform facts, and its engine's identity (NVMe: model, serial, firmware) once the session
+learned it; the inventory's model only names what was listed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+# A lab host whose NVMe is a Samsung controller: the session's facts and engine probe are
+# canned by a fake channel; the leases and sessions are the plugin's real ones.
+FAKE_LAB = """
+import pytest
+from vfio_hil.lab.inventory import Host
+from vfio_hil.lab.session import DeviceLease, HostSession
+
+FACTS = {
+    "iommu": {"kind": "intel", "translation": True},
+    "devices": {
+        "0000:3b:00.0": {
+            "vendor": "0x144d", "device": "0xa808", "subsystem_vendor": "0x144d",
+            "subsystem_device": "0xa801", "class": "0x010802", "revision": "0x00",
+            "driver": "vfio-pci", "iommu_group": 12,
+        },
+    },
+}
+IDENTITY = {"model": "Samsung SSD 970 EVO Plus 1TB", "serial": "S4EWNX0N", "firmware": "2B2QEXM7"}
+
+
+class Log:
+    entries = []
+
+
+class FakeChannel:
+    ioctl_log = Log()
+
+    def call(self, func, **kwargs):
+        answers = {
+            "evidence.kmsg_cursor": 0,
+            "evidence.kmsg_since": {"lines": [], "trouble": []},
+            "evidence.device_state": {},
+            "probes.group_attach": {},
+            "engines.describe": {"engine": "nvme", "capabilities": [], "identity": IDENTITY},
+        }
+        return answers[func]
+
+
+SESSION = HostSession(Host("lab-3", {}, None), FACTS, FakeChannel())
+
+
+@pytest.fixture
+def dut_device(request):
+    return DeviceLease(request.param, SESSION)
+"""
+
+CHECKS = '''
+from vfio_hil_pytest import check
+
+@check("TST-001", "before the engine probe", level="MUST", spec="s")
+def test_first(dut_device):
+    """r"""
+
+@check("TST-002", "probes the engine", level="MUST", spec="s")
+def test_engine(dut_device):
+    """r"""
+    dut_device.host.engine(dut_device.bdf)
+
+@check("TST-003", "after the engine probe", level="MUST", spec="s")
+def test_last(dut_device):
+    """r"""
+'''
+
+PCI = {
+    "vendor_device": "144d:a808",
+    "subsystem_vendor_device": "144d:a801",
+    "class_code": "01:08:02",
+    "revision": "00",
+}
+IDENTITY = {"model": "Samsung SSD 970 EVO Plus 1TB", "serial": "S4EWNX0N", "firmware": "2B2QEXM7"}
+
+
+@pytest.mark.parametrize("model", ["nvme", "generic"])
+def test_records_carry_what_the_device_says(
+    pytester: pytest.Pytester, tmp_path: Path, model: str
+) -> None:
+    inventory = tmp_path / "inv.yml"
+    listed = "{bdf: '3b:00.0', model: nvme}" if model == "nvme" else "{bdf: '3b:00.0'}"
+    inventory.write_text(f"all:\n  hosts:\n    lab-3: {{vfio_devices: [{listed}]}}\n")
+    pytester.makeconftest(FAKE_LAB)
+    pytester.makepyfile(test_checks=CHECKS)
+    reports = tmp_path / "reports"
+    result = pytester.runpytest(f"--vfio-inventory={inventory}", f"--vfio-reports={reports}")
+    assert result.ret == 0, result.stdout.str()
+
+    records = json.loads((reports / "latest" / "results.json").read_text())["results"]
+    devices = {r["check_id"]: r["device"] for r in records}
+    base = {"bdf": "0000:3b:00.0", "model": model, **PCI}
+    assert devices == {
+        "TST-001": base,
+        "TST-002": {**base, "identity": IDENTITY},
+        "TST-003": {**base, "identity": IDENTITY},
+    }
