@@ -176,6 +176,8 @@ class FakeNvme:
         self.hang = False
         #: CSTS.RDY never follows CC.EN = 1.
         self.never_ready = False
+        #: CSTS.CFS stays set whatever the host does (a controller that is really broken).
+        self.fatal = False
         #: Every command fetched, in order.
         self.issued: List[Issued] = []
         #: Every doorbell write: (offset, value).
@@ -244,6 +246,8 @@ class FakeNvme:
             self.cqs[0] = Queue(self.regs64[spec.REG_ACQ], (aqa >> 16) + 1)
             if not self.never_ready:
                 self.regs[spec.REG_CSTS] = spec.CSTS_RDY
+            if self.fatal:
+                self.regs[spec.REG_CSTS] |= spec.CSTS_CFS
 
     @property
     def enabled(self) -> bool:

@@ -13,7 +13,6 @@ from test_core_edu import FakeEduBar
 from vfio_hil.core.drivers import EduEngine, NvmeEngine, probe_engine
 from vfio_hil.core.drivers.engine import DEFAULT_TIMEOUT_S, DmaEngine, EngineError, EngineMemory
 from vfio_hil.core.drivers.nvme import controller, spec
-from vfio_hil.core.drivers.nvme.controller import CommandTimeout
 from vfio_hil.core.drivers.nvme.spec import NVME_CLASS
 
 OTHER_CLASS = 0x00FF00  # unclassified, as QEMU's edu and pci-testdev report
@@ -76,6 +75,7 @@ def test_probe_engine_by_class_or_ids(
 
 def _fatal(nvme: FakeNvme) -> None:
     nvme.regs[spec.REG_CSTS] = spec.CSTS_CFS
+    nvme.fatal = True
 
 
 def _never_ready(nvme: FakeNvme) -> None:
@@ -91,15 +91,7 @@ def _hang(nvme: FakeNvme) -> None:
     [
         _fatal,
         _never_ready,
-        pytest.param(
-            _hang,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=CommandTimeout,
-                reason="driver bug: a controller that hangs at bring-up escapes probe_engine as "
-                "CommandTimeout (a TimeoutError), not the EngineError probe_engine documents",
-            ),
-        ),
+        _hang,
     ],
 )
 def test_probe_engine_reports_an_nvme_that_does_not_come_up(
@@ -119,6 +111,18 @@ def test_probe_engine_reports_an_nvme_that_does_not_come_up(
     finally:
         assert nvme.closed, "BAR0 left mapped"
         assert clock.now - start <= DEFAULT_TIMEOUT_S + 1.0
+
+
+def test_a_controller_left_in_fatal_status_is_reset_and_comes_up(
+    iommu: FakeIommu, memory: EngineMemory
+) -> None:
+    """CSTS.CFS from a previous owner is what a reset is for: disabling clears it."""
+    nvme = FakeNvme(iommu)
+    nvme.regs[spec.REG_CC] = spec.CC_EN
+    nvme.regs[spec.REG_CSTS] = spec.CSTS_RDY | spec.CSTS_CFS
+    engine = probe_engine(FakePciDevice(nvme), memory)  # type: ignore[arg-type]
+    assert engine is not None and nvme.resets == 1
+    engine.close()
 
 
 def test_engine_memory_window(iommu: FakeIommu) -> None:

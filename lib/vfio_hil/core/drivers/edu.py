@@ -203,7 +203,7 @@ class EduEngine(DmaEngine):
 
     def __init__(self, device: Device, memory: EngineMemory, scratch: bool = False) -> None:
         """``scratch`` is accepted for a uniform interface: edu has no media to protect."""
-        super().__init__(device, memory)
+        super().__init__(device, memory, scratch)
         self.edu = Edu(device)
         try:
             self.staging, self.staging_iova = memory.alloc()

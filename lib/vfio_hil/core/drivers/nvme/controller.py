@@ -153,6 +153,9 @@ class NvmeController(Closing):
             self.identify_data = self.identify(spec.IDENTIFY_CONTROLLER)
             self.identity = ControllerIdentity.parse(self.identify_data)
             self.namespace = self._namespace()
+        except CommandTimeout as exc:
+            self.bar.close()
+            raise eng.EngineError(f"NVMe controller did not come up: {exc}") from None
         except BaseException:
             self.bar.close()
             raise
@@ -163,7 +166,8 @@ class NvmeController(Closing):
         deadline = time.monotonic() + max(self.cap.timeout_s, 1.0)
         while True:
             csts = self.bar.read32(spec.REG_CSTS)
-            if csts & spec.CSTS_CFS:
+            # A fatal controller is reset by disabling it: only enabling gives up on CFS.
+            if ready and csts & spec.CSTS_CFS:
                 raise eng.EngineError(
                     f"{self.device.bdf}: NVMe controller fatal status (CSTS {csts:#x})"
                 )
@@ -199,15 +203,19 @@ class NvmeController(Closing):
 
     # -- commands ----------------------------------------------------------------------
 
-    def submit(self, queue: QueuePair, command: Command) -> int:
-        """Submit ``command``; refuse a media-changing one unless the device is scratch."""
-        admin = queue.qid == ADMIN_QID
+    def check_safe(self, admin: bool, command: Command) -> None:
+        """Raise :class:`MediaWriteRefused` for a media-changing command on a device that is
+        not scratch (the one gate every command passes)."""
         if not self.scratch and not spec.media_safe(admin, command.opcode, command.cdw10):
             raise MediaWriteRefused(
                 f"{self.device.bdf}: {spec.opcode_name(admin, command.opcode)} could change the "
                 "media or persistent state; it is issued only to a device the inventory marks "
                 "'scratch: true'"
             )
+
+    def submit(self, queue: QueuePair, command: Command) -> int:
+        """Submit ``command``; refuse a media-changing one unless the device is scratch."""
+        self.check_safe(queue.qid == ADMIN_QID, command)
         return queue.submit(command)
 
     def wait(
@@ -369,11 +377,13 @@ class NvmeController(Closing):
         self, opcode: int, lba: int, blocks: int, iova: int, eventfd: Optional[EventFd] = None
     ) -> Completion:
         """Issue a block command on the I/O queue with data at ``iova`` and wait (polled, or
-        on ``eventfd`` wired to vector 0)."""
+        on ``eventfd`` wired to vector 0). A refused command creates no queue first."""
+        command = self.block_command(opcode, lba, blocks)
+        self.check_safe(False, command)
         queue = self.io_queue()
         assert self.namespace is not None  # block_command raised otherwise
         size = blocks * self.namespace.block_size
-        command = self.prepared(queue, self.block_command(opcode, lba, blocks), iova, size)
+        command = self.prepared(queue, command, iova, size)
         return self.wait(queue, self.submit(queue, command), eventfd=eventfd)
 
     def read(
@@ -444,6 +454,9 @@ class NvmeEngine(eng.DmaEngine):
         try:
             self._caps = self._probe_caps()
             self._restore_clock()
+        except CommandTimeout as exc:
+            self.ctrl.close()
+            raise eng.EngineError(f"NVMe controller did not come up: {exc}") from None
         except BaseException:
             self.ctrl.close()
             raise
