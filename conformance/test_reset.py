@@ -38,13 +38,13 @@ def _hot_reset_skip(info: dict[str, Any], bdf: str) -> None:
 )
 def test_reset_stops_nvme(dut_device: DeviceLease, evidence: Any) -> None:
     """A reset is how the next user of a device gets it in a known state: whatever the
-    previous user left running must stop. The check enables the NVMe controller (admin
-    queues in mapped memory, no command submitted), waits for CSTS.RDY, issues
+    previous user left running must stop. The check brings the NVMe controller up with the
+    library's driver (admin queue in mapped memory, Identify completed), issues
     VFIO_DEVICE_RESET and reads the controller registers: CC (the enable bit and the queue
     entry sizes the check wrote) and CSTS must be 0 again, as every NVMe controller level
     reset requires, while CAP, a read-only register, must read as before (the device is
     alive, not gone)."""
-    r = dut_device.call("reset.nvme_reset", bdf=dut_device.bdf)
+    r = dut_device.call("reset.nvme_reset", bdf=dut_device.bdf, scratch=dut_device.device.scratch)
     evidence.add("registers", r)
     if "skip" in r:
         pytest.skip(r["skip"])

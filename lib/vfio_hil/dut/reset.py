@@ -1,7 +1,8 @@
 """Device reset through VFIO: VFIO_DEVICE_RESET and the PCI hot (bus or slot) reset.
 
 Every function opens ``bdf`` through a fresh container and closes everything before
-returning; the NVMe reset probe disables the controller again if the reset did not.
+returning; the NVMe reset probe drives the controller with the library's NVMe driver, which
+disables it again on the way out if the reset did not.
 
 A hot reset the kernel offered (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO answered) and then failed
 is explained from what the kernel waits for after a secondary bus reset, in
@@ -22,23 +23,14 @@ from contextlib import ExitStack
 from typing import Any, Dict, List, Optional, Set
 
 from ..core import pci, sysfs
-from ..core.device import Bar, Device
-from ..core.dma import DmaBuffer
+from ..core.device import Device
+from ..core.drivers import EngineMemory, NvmeController
+from ..core.drivers.nvme import is_nvme
 from ..core.group import Group
 from .common import Transcript, open_device
 from .evidence import kmsg_cursor, kmsg_since
 
 PCI_DEVICES = "/sys/bus/pci/devices"
-
-# NVMe controller registers (NVM Express base spec, "Controller Registers").
-NVME_CAP, NVME_VS, NVME_CC, NVME_CSTS = 0x00, 0x08, 0x14, 0x1C
-NVME_AQA, NVME_ASQ, NVME_ACQ = 0x24, 0x28, 0x30
-NVME_CC_EN = 1
-NVME_CC_IOSQES_IOCQES = (6 << 16) | (4 << 20)  # 64-byte SQ and 16-byte CQ entries
-NVME_CSTS_RDY = 1
-NVME_CSTS_CFS = 2
-NVME_ADMIN_ENTRIES = 16
-NVME_ASQ_IOVA, NVME_ACQ_IOVA = 0x100000, 0x200000
 
 # PCI Express Capability link registers, as include/uapi/linux/pci_regs.h names them.
 PCI_EXP_LNKCAP, PCI_EXP_LNKSTA = 0x0C, 0x12
@@ -69,69 +61,26 @@ def reset_contract(bdf: str) -> Dict[str, Any]:
     }
 
 
-def _nvme_registers(bar: Bar) -> Dict[str, int]:
-    return {
-        "CAP": bar.read64(NVME_CAP),
-        "VS": bar.read32(NVME_VS),
-        "CC": bar.read32(NVME_CC),
-        "CSTS": bar.read32(NVME_CSTS),
-        "AQA": bar.read32(NVME_AQA),
-        "ASQ": bar.read64(NVME_ASQ),
-        "ACQ": bar.read64(NVME_ACQ),
-    }
-
-
-def _nvme_wait_ready(bar: Bar, ready: bool, timeout_s: float) -> float:
-    """Poll CSTS.RDY until it equals ``ready``; return the seconds it took."""
-    start = time.monotonic()
-    while True:
-        csts = bar.read32(NVME_CSTS)
-        if csts & NVME_CSTS_CFS:
-            raise RuntimeError(f"NVMe controller fatal status (CSTS {csts:#x})")
-        if bool(csts & NVME_CSTS_RDY) == ready:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout_s:
-            raise RuntimeError(f"CSTS.RDY did not become {int(ready)} in {timeout_s:.1f} s")
-        time.sleep(0.01)
-
-
-def _nvme_disable(bar: Bar, timeout_s: float) -> None:
-    """Clear CC.EN and wait for CSTS.RDY to drop, if the controller is enabled."""
-    if bar.read32(NVME_CC) & NVME_CC_EN:
-        bar.write32(NVME_CC, 0)
-        _nvme_wait_ready(bar, False, timeout_s)
-
-
-def nvme_reset(bdf: str) -> Dict[str, Any]:
-    """Enable ``bdf``'s NVMe controller with admin queues in mapped memory (no command is
-    ever submitted), issue VFIO_DEVICE_RESET, and read the controller registers before and
-    after."""
+def nvme_reset(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+    """Bring ``bdf``'s NVMe controller up with the library's driver (admin queue in mapped
+    memory, Identify completed), issue VFIO_DEVICE_RESET, and read the controller registers
+    before and after. A device whose class code is not NVMe's SKIPs."""
     bdf = sysfs.normalize_bdf(bdf)
     log = Transcript()
     with ExitStack() as stack:
         container, _group, device = stack.enter_context(open_device(bdf))
+        if not is_nvme(device):
+            code = device.config_read(0x08, 4) >> 8
+            return {"skip": f"{bdf} is not an NVMe controller (class code {code:06x})"}
         if not device.info().resettable:
             return {"skip": f"{bdf} does not advertise VFIO_DEVICE_FLAGS_RESET"}
-        queues = []
-        for iova in (NVME_ASQ_IOVA, NVME_ACQ_IOVA):
-            buf = stack.enter_context(DmaBuffer(4096))
-            container.map_dma(buf.vaddr, iova, buf.length)
-            stack.callback(container.unmap_dma, iova, buf.length)
-            queues.append(iova)
-        bar = stack.enter_context(device.map_bar(0))
-        # CAP.TO: worst-case time to ready, in 500 ms units.
-        timeout_s = max(1.0, ((bar.read64(NVME_CAP) >> 24) & 0xFF) * 0.5)
-        # Whatever happens below, the controller is off again before its queues are unmapped.
-        stack.callback(_nvme_disable, bar, timeout_s)
-        _nvme_disable(bar, timeout_s)
-        bar.write32(NVME_AQA, (NVME_ADMIN_ENTRIES - 1) << 16 | (NVME_ADMIN_ENTRIES - 1))
-        bar.write64(NVME_ASQ, queues[0])
-        bar.write64(NVME_ACQ, queues[1])
-        bar.write32(NVME_CC, NVME_CC_IOSQES_IOCQES | NVME_CC_EN)
-        ready_s = _nvme_wait_ready(bar, True, timeout_s)
-        before = _nvme_registers(bar)
+        memory = stack.enter_context(EngineMemory.of(container))
+        start = time.monotonic()
+        controller = stack.enter_context(NvmeController(device, memory, scratch=scratch))
+        ready_s = time.monotonic() - start
+        before = controller.registers()
         ret = log.add("VFIO_DEVICE_RESET", device.raw_reset())
-        after = _nvme_registers(bar)
+        after = controller.registers()
     return {
         "reset": ret,
         "ready_after_s": round(ready_s, 3),

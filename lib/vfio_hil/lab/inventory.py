@@ -47,6 +47,10 @@ ENGINE_CAPABILITIES = frozenset(
     {"device_registers", "dma_engine", "dma_to_host", "dma_from_host", "device_irq"}
 )
 
+#: What the DUT can tell of a device listed without a model: its DMA engine, and whether it
+#: is an NVMe controller (by class code).
+PROBED_CAPABILITIES = ENGINE_CAPABILITIES | {"nvme"}
+
 DEVICE_MODELS: dict[str, DeviceModel] = {
     m.name: m
     for m in (
@@ -104,11 +108,11 @@ class DutDevice:
 
     def may_have(self, needs: set[str] | frozenset[str]) -> bool:
         """True when the device may have every capability of ``needs``: its model has them,
-        or it was listed without a model and only engine capabilities are asked for (the
-        DUT's engine probe decides)."""
+        or it was listed without a model and only what the DUT can tell is asked for
+        (:data:`PROBED_CAPABILITIES`: the DUT's probe decides, and SKIPs where it lacks)."""
         if needs <= self.capabilities:
             return True
-        return self.model == "generic" and needs <= ENGINE_CAPABILITIES | self.capabilities
+        return self.model == "generic" and needs <= PROBED_CAPABILITIES | self.capabilities
 
     @property
     def ident(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ... import uapi
 from ...device import Device
@@ -400,7 +400,7 @@ class NvmeController(Closing):
         """Write host memory at ``iova`` to ``blocks`` blocks at ``lba``: scratch devices only."""
         return self.io_command(spec.NVM_WRITE, lba, blocks, iova)
 
-    def registers(self) -> dict:
+    def registers(self) -> Dict[str, int]:
         """The controller registers, for evidence."""
         return {
             "CAP": self.bar.read64(spec.REG_CAP),
@@ -408,6 +408,8 @@ class NvmeController(Closing):
             "CC": self.bar.read32(spec.REG_CC),
             "CSTS": self.bar.read32(spec.REG_CSTS),
             "AQA": self.bar.read32(spec.REG_AQA),
+            "ASQ": self.bar.read64(spec.REG_ASQ),
+            "ACQ": self.bar.read64(spec.REG_ACQ),
         }
 
     def close(self) -> None:
