@@ -465,10 +465,11 @@ class NvmeEngine(eng.DmaEngine):
 
     def _probe_caps(self) -> eng.EngineCaps:
         # MSI-X only. INTx is left out until understood: on the virtual rack (QEMU 7.2 NVMe,
-        # q35, VT-d with interrupt remapping) a completion sets the Interrupt Status bit and
-        # vfio-pci signals it on ACTION_UNMASK, but the line itself never reached vfio-pci's
-        # handler (2026-11-26), while edu's INTx in the same machine does. INTx checks run on
-        # engines that raise it (edu).
+        # q35, VT-d with interrupt remapping) the PCI Status Interrupt bit of the controller
+        # read set before any command was submitted and stayed set after the CQ head doorbell
+        # emptied the admin CQ, and the vfio-intx line's count stayed 0 (2026-11-26), while
+        # edu's INTx in the same machine is delivered. INTx checks run on engines that raise
+        # it (edu).
         indexes: List[int] = []
         if self.device.irq_info(uapi.VFIO_PCI_MSIX_IRQ_INDEX).count:
             indexes.append(uapi.VFIO_PCI_MSIX_IRQ_INDEX)
