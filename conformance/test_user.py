@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
+from vfio_hil.lab.inventory import ENGINE_CAPABILITIES
 from vfio_hil.lab.session import DeviceLease, HostSession, Lab
 from vfio_hil_pytest import check
 
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 VFIO_H = "include/uapi/linux/vfio.h"
 MEMLOCK_LIMIT = 1 << 20
-#: What the unprivileged flow exercises: a DMA engine's registers, DMA and MSI (edu has all
-#: three; the flow stays on edu, the device a TCG guest drives fastest as a non-root user).
-EDU_FLOW = frozenset({"edu", "dma", "msi"})
+#: What the unprivileged flow exercises: a DMA engine's registers, its DMA and its interrupt.
+ENGINE_FLOW = frozenset({"device_registers", "dma_to_host", "device_irq"})
 
 
 def _failure(answer: dict[str, Any]) -> str | None:
@@ -52,9 +52,14 @@ def _usable_device(
     host; SKIP if there is none."""
     reasons = []
     for device in dut_host.devices:
-        if not needs <= device.capabilities:
+        if not device.may_have(needs):
             continue
         reason = dut_host.vfio_unusable(device.bdf)
+        if reason is None and needs & ENGINE_CAPABILITIES:
+            offered = set(dut_host.engine(device.bdf)["capabilities"])
+            if not needs & ENGINE_CAPABILITIES <= offered:
+                missing = ", ".join(sorted(needs - offered))
+                reason = f"{device.bdf}: its DMA engine offers no {missing}"
         if reason is None:
             with lab.lease(device) as lease:
                 yield lease
@@ -75,8 +80,8 @@ def test_unprivileged_flow(dut_host: HostSession, vfio_lab: Lab, evidence: Any) 
     drive the group's devices: no root, no capabilities. A user given the node must be able
     to open the container, attach the group, get the device fd, access BAR0, map memory for
     DMA, run a DMA round trip and receive an MSI, exactly as root does. The check drives the
-    first edu device VFIO can drive on the host."""
-    with _usable_device(dut_host, vfio_lab, EDU_FLOW) as lease:
+    first device on the host whose DMA engine VFIO can drive."""
+    with _usable_device(dut_host, vfio_lab, ENGINE_FLOW) as lease:
         r = lease.call("unprivileged.basic_flow", bdf=lease.bdf)
     flow = _child_result(evidence, r, f"{lease.bdf} ")
     assert not flow["mmio"]["identity_problem"], (

@@ -47,9 +47,10 @@ ENGINE_CAPABILITIES = frozenset(
     {"device_registers", "dma_engine", "dma_to_host", "dma_from_host", "device_irq"}
 )
 
-#: What the DUT can tell of a device listed without a model: its DMA engine, and whether it
-#: is an NVMe controller (by class code).
-PROBED_CAPABILITIES = ENGINE_CAPABILITIES | {"nvme"}
+#: What the DUT can tell of a device listed without a model: its DMA engine, whether it is an
+#: NVMe controller (by class code), and ``dma`` (the container mapping checks only need a
+#: device whose group VFIO attaches).
+PROBED_CAPABILITIES = ENGINE_CAPABILITIES | {"nvme", "dma"}
 
 DEVICE_MODELS: dict[str, DeviceModel] = {
     m.name: m
@@ -59,7 +60,7 @@ DEVICE_MODELS: dict[str, DeviceModel] = {
         ),
         # Any vendor's NVMe controller: class 01:08:02 (mass storage, NVM, NVM Express).
         DeviceModel(
-            "nvme", 0, 0, frozenset({"mmio", "msix", "nvme"}) | ENGINE_CAPABILITIES, 0x010802
+            "nvme", 0, 0, frozenset({"mmio", "msix", "nvme", "dma"}) | ENGINE_CAPABILITIES, 0x010802
         ),
         DeviceModel("pci-testdev", 0x1B36, 0x0005, frozenset({"mmio", "pio", "pci-testdev"})),
         DeviceModel("generic", 0, 0, frozenset()),
