@@ -15,11 +15,13 @@ every device of a host would make a run much longer. A way that does not apply t
 SKIPs naming why. Each check puts the device back, present and bound to vfio-pci, whatever
 happens.
 
-QEMU's slots eject their card when the guest powers them off (on q35 the guest drives them
-through ACPI hotplug, acpiphp, whose power-off is an ACPI eject; a native pciehp power-off
-with the power indicator off unplugs the card too), where a real slot keeps it. On a virtual
-host the slot-power way therefore puts the card back through QEMU's monitor before powering
-the slot on; on a QEMU guest driven as a lab host nothing could, so slot-power SKIPs there.
+QEMU's slots eject their card when the guest powers them off, where a real slot keeps it: the
+rack's root ports are driven by native PCIe hotplug (pciehp), whose power-off (power indicator
+off) makes QEMU unplug the card, as an ACPI hotplug (acpiphp) power-off, an ACPI eject, does
+too. On a virtual host the slot-power way therefore puts the card back through QEMU's monitor
+before powering the slot on (pciehp, told of the card by its attention button and presence
+detection, usually powers the slot on first); on a QEMU guest driven as a lab host nothing
+could, so slot-power SKIPs there.
 """
 
 from __future__ import annotations

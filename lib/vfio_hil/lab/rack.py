@@ -33,6 +33,14 @@ QEMU = "qemu-system-x86_64"
 
 IOMMU_DEVICES = {"intel": "intel-iommu", "amd": "amd-iommu", "virtio": "virtio-iommu-pci"}
 IOMMU_CMDLINE = {"intel": "intel_iommu=on", "amd": "", "virtio": "", "none": ""}
+#: The root ports' slots are driven by native PCIe hotplug (pciehp), as a server's PCIe slots
+#: are, not by QEMU's default ACPI hotplug (acpiphp). Under ACPI hotplug QEMU 7.2's
+#: pcie-root-port advertises Data Link Layer Link Active Reporting (LnkCap LLActRep+) yet
+#: reports its link down (LnkSta DLActive-) with a device up behind it, so after a secondary
+#: bus reset pci_bridge_wait_for_secondary_bus() (drivers/pci/pci.c) waits for the link in vain
+#: and gives up with ENOTTY: hot reset (RST-004) of a device with PM behind such a port fails,
+#: which a conformant lab machine would not do. Under native hotplug the port reports DLActive+.
+NATIVE_PCIE_HOTPLUG = "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"
 
 
 def default_home() -> Path:
@@ -86,6 +94,7 @@ def qemu_command(
     cmd = [
         QEMU, "-name", host.name, "-nodefaults", "-no-reboot",
         "-machine", f"q35,kernel-irqchip=split,accel={accel}",
+        "-global", NATIVE_PCIE_HOTPLUG,
         "-cpu", "host" if accel == "kvm" else "max",
         "-m", str(vm.memory_mb), "-smp", str(vm.cpus),
         "-display", "none", "-monitor", "none",

@@ -49,6 +49,16 @@ def test_default_machine(tmp_path: Path) -> None:
     assert f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off" in line
 
 
+def test_root_ports_use_native_pcie_hotplug(tmp_path: Path) -> None:
+    """Every machine turns QEMU's ACPI hotplug off, so pciehp drives its root ports' slots
+    (under ACPI hotplug the ports hide their active link and hot reset gets ENOTTY)."""
+    for body in ("          {}\n", "          vm_iommu: amd\n"):
+        cmd = qemu_command(host_from(tmp_path, body), kernel(tmp_path), tmp_path, 1, "tcg")
+        assert cmd[cmd.index("-global") + 1] == (
+            "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"
+        )
+
+
 def test_iommu_variants_and_extra_args(tmp_path: Path) -> None:
     amd = qemu_command(
         host_from(tmp_path, "          vm_iommu: amd\n          vm_qemu_args: [-s]\n"),
