@@ -178,11 +178,11 @@ def test_read_only_mapping(dut_device: DeviceLease, iommu_backend: str, evidence
     device can read it (where its engine reads host memory), but its write must be blocked by
     the IOMMU (memory unchanged, fault logged)."""
     r = _probe(dut_device, iommu_backend, evidence, "read_only_write")
-    assert r["readable"] is not False, (
-        f"{dut_device.bdf}: the device could not read the read-only mapping at {r['iova']:#x}"
-    )
     assert not r["written"], (
         f"{dut_device.bdf}: the device wrote into the read-only mapping at IOVA {r['iova']:#x}"
+    )
+    assert r["readable"] is not False, (
+        f"{dut_device.bdf}: the device could not read the read-only mapping at {r['iova']:#x}"
     )
     _assert_fault(dut_device, evidence, r, "DMA write into a read-only mapping")
 

@@ -458,21 +458,8 @@ class WrongReason(AssertionError):
     """The right verdict, but a reason that does not name the broken guarantee."""
 
 
-#: The platforms, with the library bugs that still spoil one's reason.
-PLATFORMS = [
-    pytest.param(
-        broken,
-        marks=pytest.mark.xfail(
-            raises=WrongReason,
-            strict=True,
-            reason="isolation.read_only_write checks readability against the bytes the "
-            "mapping held before the device wrote into it: ISO-005 says 'could not read'",
-        ),
-    )
-    if broken == READ_ONLY_WRITABLE
-    else broken
-    for broken in EXPECTED_FAILURES
-]
+#: The platforms.
+PLATFORMS = list(EXPECTED_FAILURES)
 
 
 @pytest.mark.parametrize("broken", PLATFORMS)
