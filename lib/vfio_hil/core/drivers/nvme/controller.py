@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from ... import uapi
 from ...device import Device
@@ -38,6 +39,21 @@ class MediaWriteRefused(PermissionError):
 
 class CommandTimeout(TimeoutError):
     """The controller did not complete a command in time; it has been reset."""
+
+
+@contextmanager
+def _bringing_up(close: Callable[[], None]) -> Iterator[None]:
+    """Run ``close`` when bringing a controller up fails; a command that times out then means
+    the controller did not come up (:class:`~..engine.EngineError`, as :func:`probe_engine`
+    promises)."""
+    try:
+        yield
+    except CommandTimeout as exc:
+        close()
+        raise eng.EngineError(f"NVMe controller did not come up: {exc}") from None
+    except BaseException:
+        close()
+        raise
 
 
 class QueuePair:
@@ -136,7 +152,7 @@ class NvmeController(Closing):
         self.timeout_s = timeout_s
         device.enable_bus_master()
         self.bar = bar if bar is not None else device.map_bar(0)
-        try:
+        with _bringing_up(self.bar.close):
             self.cap = Cap(self.bar.read64(spec.REG_CAP))
             if not self.cap.nvm_command_set or self.cap.mps_min > spec.PAGE:
                 raise eng.EngineError(
@@ -153,12 +169,6 @@ class NvmeController(Closing):
             self.identify_data = self.identify(spec.IDENTIFY_CONTROLLER)
             self.identity = ControllerIdentity.parse(self.identify_data)
             self.namespace = self._namespace()
-        except CommandTimeout as exc:
-            self.bar.close()
-            raise eng.EngineError(f"NVMe controller did not come up: {exc}") from None
-        except BaseException:
-            self.bar.close()
-            raise
 
     # -- controller state --------------------------------------------------------------
 
@@ -453,15 +463,9 @@ class NvmeEngine(eng.DmaEngine):
         self.ctrl = NvmeController(device, memory, scratch=scratch)
         self._pending: Optional[Tuple[QueuePair, int, float, bool]] = None
         self._set_at = 0.0
-        try:
+        with _bringing_up(self.ctrl.close):
             self._caps = self._probe_caps()
             self._restore_clock()
-        except CommandTimeout as exc:
-            self.ctrl.close()
-            raise eng.EngineError(f"NVMe controller did not come up: {exc}") from None
-        except BaseException:
-            self.ctrl.close()
-            raise
 
     def _probe_caps(self) -> eng.EngineCaps:
         # MSI-X only. INTx is left out until understood: on the virtual rack (QEMU 7.2 NVMe,
