@@ -357,6 +357,7 @@ def test_readded_device_works(dut_device: DeviceLease, hotplug: HotplugWay, evid
                 after=after,
             ),
         )
+        evidence.add("engine", engine_after["engine"])
     assert back["driver"] == "vfio-pci", (
         f"{bdf} re-added through {hotplug.name} is bound to {back['driver']}, not vfio-pci"
     )
