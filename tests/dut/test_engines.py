@@ -96,3 +96,24 @@ def test_nvme_refuses_media_writes_unless_scratch(
         assert engine.ctrl.namespace is not None
         _buf, iova = memory.alloc(16 * 4096)
         assert engine.ctrl.read(0, 16 * 4096 // engine.ctrl.namespace.block_size, iova).ok
+
+
+def test_nvme_read_waited_for_on_its_msix_eventfd(
+    vfio_devices: Dict[str, List[str]], iommu: IommuBackend
+) -> None:
+    """A read waited for on the I/O queue's MSI-X vector 0 eventfd (not by busy polling)
+    completes, and its data is what a polled read of the same blocks returns."""
+    device = iommu.open_device(vfio_devices["nvme"][0])
+    with EngineMemory.of(iommu) as memory, NvmeEngine(device, memory) as engine:
+        ctrl = engine.ctrl
+        assert ctrl.namespace is not None
+        blocks = 4096 // ctrl.namespace.block_size
+        polled, polled_iova = memory.alloc()
+        woken, woken_iova = memory.alloc()
+        # Different garbage in each: only the reads themselves can make them equal.
+        polled.fill(b"\xaa" * 4096)
+        woken.fill(b"\x55" * 4096)
+        assert ctrl.read(0, blocks, polled_iova).ok
+        with device.irq_eventfds(uapi.VFIO_PCI_MSIX_IRQ_INDEX, 1) as irqs:
+            assert ctrl.read(0, blocks, woken_iova, eventfd=irqs[0]).ok
+        assert woken.read() == polled.read()
