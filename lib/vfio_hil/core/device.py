@@ -26,6 +26,9 @@ __all__ = [
 
 PCI_COMMAND = 0x04
 PCI_COMMAND_MASTER = 1 << 2
+PCI_STATUS = 0x06
+#: The device asserts INTx (PCI 2.3 Interrupt Status).
+PCI_STATUS_INTERRUPT = 1 << 3
 # Upper bound only: the kernel rejects accesses beyond the device's real config size.
 _PCI_CFG_SPACE_EXP_SIZE = 4096
 _CONFIG_WIDTHS = (1, 2, 4)

@@ -144,7 +144,10 @@ class _Raiser:
             self.index not in self.engine.caps.irq_indexes
             or not self.device.irq_info(self.index).count
         ):
-            self.why = f"its {self.engine.name} engine raises no {INDEX_NAMES[self.index]}"
+            problem = self.engine.irq_problem(self.index)
+            self.why = f"its {self.engine.name} engine raises no {INDEX_NAMES[self.index]}" + (
+                f" ({problem})" if problem else ""
+            )
             return
         self.engine.ack_irq()
         self.irqs = stack.enter_context(self.device.irq_eventfds(self.index, 1))

@@ -476,6 +476,7 @@ class FakePciDevice:
         class_code: int = NVME_CLASS,
         revision: int = 0x02,
         irq_counts: Tuple[int, int, int] = (1, 1, 65),  # INTx, MSI, MSI-X
+        status: int = 0x0010,  # PCI Status: a capability list, INTx not asserted
     ) -> None:
         self.bar = bar
         self.bdf = bdf
@@ -485,6 +486,7 @@ class FakePciDevice:
         self.config = bytearray(64)
         struct.pack_into("<HH", self.config, 0, vendor, device)
         struct.pack_into("<I", self.config, 8, class_code << 8 | revision)
+        struct.pack_into("<H", self.config, 6, status)
 
     def config_read(self, offset: int, width: int = 4) -> int:
         return int.from_bytes(self.config[offset : offset + width], "little")

@@ -208,6 +208,11 @@ class DmaEngine(Closing, abc.ABC):
         """What the device says it is beyond its PCI IDs (model, serial, firmware), if any."""
         return {}
 
+    def irq_problem(self, index: int) -> str:
+        """Why the engine does not raise VFIO IRQ ``index`` although the device has it, when
+        the driver found it unusable ("" otherwise)."""
+        return ""
+
     # -- DMA ---------------------------------------------------------------------------
 
     @abc.abstractmethod
