@@ -6,21 +6,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from rackutil import E2E_INVENTORY, pci_drivers, run_cli
+from rackutil import E2E_INVENTORY, booted_rack, pci_drivers, run_cli
 
-from vfio_hil.lab.inventory import load_inventory
 from vfio_hil.lab.rack import VirtualRack
 
 
 @pytest.fixture(scope="session")
 def e2e_rack() -> Iterator[VirtualRack]:
     """The e2e rack, booted once for the whole session and stopped at its end."""
-    rack = VirtualRack(load_inventory(E2E_INVENTORY), log=lambda m: print(f"[rack] {m}"))
-    rack.up()
-    try:
+    with booted_rack(E2E_INVENTORY) as rack:
         yield rack
-    finally:
-        rack.down()
 
 
 @pytest.fixture(scope="session")

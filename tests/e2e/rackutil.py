@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,8 +11,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from vfio_hil.lab.inventory import load_inventory
 from vfio_hil.lab.rack import VirtualRack
 
 HERE = Path(__file__).parent
@@ -93,3 +95,14 @@ def pci_drivers(rack: VirtualRack, host: str) -> dict[str, str]:
         bdf, _, drv = line.partition(" ")
         result[bdf] = "" if drv in ("", ".") else drv
     return result
+
+
+@contextlib.contextmanager
+def booted_rack(inventory: Path) -> Iterator[VirtualRack]:
+    """The virtual machines of ``inventory``, booted for the block and stopped after it."""
+    rack = VirtualRack(load_inventory(inventory), log=lambda m: print(f"[rack] {m}"))
+    rack.up()
+    try:
+        yield rack
+    finally:
+        rack.down()

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 import yaml
-from rackutil import HERE, CliRun, pci_drivers, run_cli
+from rackutil import HERE, CliRun, booted_rack, pci_drivers, run_cli
 
-from vfio_hil.lab.inventory import ENGINE_CAPABILITIES, load_inventory
+from vfio_hil.lab.inventory import ENGINE_CAPABILITIES
 from vfio_hil.lab.rack import VirtualRack
 from vfio_hil_pytest.catalogue import load_catalogue
 
@@ -65,12 +65,8 @@ PLATFORM_SKIPS: list[tuple[frozenset[str] | None, str | None, re.Pattern[str]]] 
 @pytest.fixture(scope="module")
 def lab_host_rack() -> Iterator[VirtualRack]:
     """The one machine of lab_host_rack.yml, booted for this module and stopped after it."""
-    rack = VirtualRack(load_inventory(RACK_INVENTORY), log=lambda m: print(f"[rack] {m}"))
-    rack.up()
-    try:
+    with booted_rack(RACK_INVENTORY) as rack:
         yield rack
-    finally:
-        rack.down()
 
 
 def write_lab_inventory(rack: VirtualRack, folder: Path) -> Path:
