@@ -5,9 +5,9 @@ Runs on the DUT. Device-independent: a device's IOMMU group is attached to a new
 requests. The answer the kernel must give to each invalid request is written down as data
 (:data:`TABLES`), so a kernel that answers differently is one line to change, with its reason.
 
-Also home of the helpers the other DUT modules of this area share: an edu device in a
-container of its own, and a huge page pool made available for the duration of a check (the
-container and the ioctl transcript are in :mod:`.common`).
+Also home of the helpers the other DUT modules of this area share: a device in a container
+of its own, and a huge page pool made available for the duration of a check (the container
+and the ioctl transcript are in :mod:`.common`; the DMA engines in :mod:`.engines`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from ..core import sysfs, uapi
 from ..core.container import Container
 from ..core.device import Device
 from ..core.dma import HUGE_2M, DmaBuffer
-from ..core.drivers.edu import EDU_ID, Edu
 from ..core.group import Group
 from .common import RW, Transcript, answer, container_for, open_device
 
@@ -51,20 +50,6 @@ def device_in_container(bdf: str) -> Iterator[Tuple[Container, Device]]:
     """``bdf`` opened through its group in a container of its own."""
     with open_device(bdf) as (container, _group, device):
         yield container, device
-
-
-@contextmanager
-def edu_in_container(bdf: str) -> Iterator[Tuple[Container, Device, Edu]]:
-    """``bdf`` opened in a container of its own and driven as an edu device.
-
-    Raises ValueError when the device's ID register says it is no edu: DMA or interrupt
-    findings about a device of another kind would be meaningless.
-    """
-    with device_in_container(bdf) as (container, device), Edu(device) as edu:
-        found = edu.id()
-        if found != EDU_ID:
-            raise ValueError(f"{bdf} is not an edu device: ID register {found:#010x}")
-        yield container, device, edu
 
 
 def _write(path: str, value: str) -> None:
