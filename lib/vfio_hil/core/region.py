@@ -238,6 +238,24 @@ class Bar(Owned["Device"]):
                 return w
         return None
 
+    def address(self, offset: int, width: int = 4) -> Optional[int]:
+        """The virtual address of the ``width``-byte register at ``offset`` in this process's
+        mapping of the region (for compiled loops); None where the register is not mmap'ed."""
+        check_access(offset, width, self.region.size)
+        w = self._window(offset, width)
+        if w is None:
+            return None
+        return int(uapi.ffi.cast("uintptr_t", w.base)) + offset - w.start
+
+    @property
+    def fd(self) -> int:
+        """The device fd the region is read and written through with pread/pwrite."""
+        return self._live_owner().fd
+
+    def file_offset(self, offset: int) -> int:
+        """Where ``offset`` of the region lies in the device fd (for pread/pwrite)."""
+        return self.region.offset + offset
+
     def read(self, offset: int, width: int) -> int:
         """Read a ``width``-byte little-endian register at ``offset``."""
         device = self._live_owner()

@@ -24,16 +24,20 @@ from vfio_hil.lab.rack import VirtualRack
 ANSIBLE_DIR = Path(__file__).with_name("ansible")
 PACKAGE_DIR = Path(vfio_hil.__file__).parent
 DUT_PACKAGES = ("core", "dut")
+#: The files of those packages a DUT runs: Python, and the compiled hot path (abi3).
+DUT_FILES = ("*.py", "_hotpath*.so")
 
 
 def build_dut_zip(dest: Path) -> Path:
-    """Zip the DUT-side part of ``vfio_hil`` (core library and DUT functions) for deployment."""
+    """Zip the DUT-side part of ``vfio_hil`` (core library and DUT functions) for deployment,
+    with the compiled hot path built at install time (the DUT needs no compiler)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.write(PACKAGE_DIR / "__init__.py", "vfio_hil/__init__.py")
         for sub in DUT_PACKAGES:
-            for path in sorted((PACKAGE_DIR / sub).rglob("*.py")):
-                zf.write(path, f"vfio_hil/{path.relative_to(PACKAGE_DIR)}")
+            for pattern in DUT_FILES:
+                for path in sorted((PACKAGE_DIR / sub).rglob(pattern)):
+                    zf.write(path, f"vfio_hil/{path.relative_to(PACKAGE_DIR)}")
     return dest
 
 

@@ -20,7 +20,15 @@ from typing import Dict
 from .. import uapi
 from ..device import Device
 from ..handle import Closing
-from .engine import ENGINES, DmaEngine, EngineCaps, EngineMemory, RegisterProbe, Transfer
+from .engine import (
+    ENGINES,
+    DmaEngine,
+    EngineCaps,
+    EngineMemory,
+    RegisterProbe,
+    TimingRegisters,
+    Transfer,
+)
 
 EDU_VENDOR_ID = 0x1234
 EDU_DEVICE_ID = 0x11E8
@@ -272,6 +280,11 @@ class EduEngine(DmaEngine):
         while self.edu.dma_busy() and time.monotonic() < deadline:
             time.sleep(0.01)
         self.edu.ack_irq(0xFFFFFFFF)
+
+    def timing_registers(self) -> TimingRegisters:
+        """The identification register to read; the liveness register to write (it only
+        holds the value's inverse for the next read)."""
+        return TimingRegisters(self.edu.bar, REG_ID, REG_LIVENESS, 0)
 
     def probe_registers(self, pattern: int = 0x5A5AA5A5) -> RegisterProbe:
         """The ID register must read :data:`EDU_ID`; the liveness register returns the

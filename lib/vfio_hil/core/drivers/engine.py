@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type
 from ..device import Device
 from ..dma import DmaBuffer
 from ..handle import Closing
+from ..region import Bar
 
 #: How long a transfer or an interrupt raise may take before the engine gives up on the
 #: device, resets it and reports the hang. Generous: a TCG guest is slow.
@@ -91,6 +92,17 @@ class Transfer:
     seconds: float
     #: The device did not finish in time: the engine reset it (the status says so).
     timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class TimingRegisters:
+    """Registers an MMIO latency loop may hammer without changing the device's state: one to
+    read, and one to write with ``write_value``, in ``bar``."""
+
+    bar: Bar
+    read_offset: int
+    write_offset: int
+    write_value: int
 
 
 @dataclass(frozen=True)
@@ -274,6 +286,11 @@ class DmaEngine(Closing, abc.ABC):
     def probe_registers(self, pattern: int = 0x5A5AA5A5) -> RegisterProbe:
         """Read an identity register and write/read back a scratch register through the
         BAR (restored after)."""
+
+    @abc.abstractmethod
+    def timing_registers(self) -> TimingRegisters:
+        """A register to read and one to write that leave the device as it was, for MMIO
+        latency loops (with no interrupt enabled)."""
 
     def describe(self) -> Dict[str, Any]:
         """The engine, its capabilities and the device's identity, JSON-able (evidence)."""
