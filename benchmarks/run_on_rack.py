@@ -1,6 +1,7 @@
-"""``make bench``: boot the benchmark's virtual DUT, bind its device to vfio-pci, run
-benchmarks/dma_map_bench.py inside it and print its figures. The device goes back to its
-driver, and the VM is stopped if this run booted it.
+"""``make bench``: boot the benchmark's virtual DUT, bind its devices to vfio-pci, run
+benchmarks/dma_map_bench.py (edu) and benchmarks/nvme_perf_bench.py (NVMe) inside it and print
+their figures. The devices go back to their drivers, and the VM is stopped if this run
+booted it.
 
     python benchmarks/run_on_rack.py [-- ARGS FOR dma_map_bench.py]
 """
@@ -35,10 +36,12 @@ def main(argv: list[str]) -> int:
             provisioner.setup(host)
             try:
                 target = rack.ssh_target(HOST)
+                bdf = {d.model: d.bdf for d in host.devices}
                 command = (
                     f"cd {shlex.quote(str(HERE.parent))} && "
                     ".venv/bin/python benchmarks/dma_map_bench.py "
-                    f"--bdf {host.devices[0].bdf} --reserve-huge-page {shlex.join(extra)}"
+                    f"--bdf {bdf['edu']} --reserve-huge-page {shlex.join(extra)} && "
+                    f".venv/bin/python benchmarks/nvme_perf_bench.py --bdf {bdf['nvme']}"
                 )
                 return subprocess.run(
                     ["ssh", "-F", str(target.ssh_config), "-o", "BatchMode=yes", HOST, command],
