@@ -260,9 +260,7 @@ def judged(figures: Iterable[Figure], baseline: CheckBaseline) -> list[tuple[Fig
     return pairs
 
 
-def judge(
-    figures: Iterable[Figure], baseline: CheckBaseline, platform_id: str
-) -> list[Regression]:
+def judge(figures: Iterable[Figure], baseline: CheckBaseline, platform_id: str) -> list[Regression]:
     """Every figure of ``figures`` worse than ``baseline`` expects by more than its
     tolerance (see :func:`judged` for which figures are judged)."""
     return [
