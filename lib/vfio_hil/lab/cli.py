@@ -3,6 +3,8 @@
     vfio-hil run [--inventory FILE] [--reports DIR] [--keep-rack] [-- PYTEST ARGS]
     vfio-hil rack up|down|status [--inventory FILE] [HOST ...]
     vfio-hil checks list [--json]
+    vfio-hil baseline save RUN [RUN ...] [--baselines DIR] [--tolerance PATTERN=PCT ...]
+    vfio-hil baseline show [--baselines DIR]
 
 Exit status: 0 all checks PASS or SKIP; 1 a check FAILed or ERRORed; 2 bad input (inventory,
 options, a device that is not there); 3 the lab broke (rack boot, provisioning); 130 Ctrl-C.
@@ -19,6 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vfio_hil.lab.baseline import (
+    DEFAULT_TOLERANCES,
+    BaselineStore,
+    default_dir,
+    parse_tolerance,
+    platform_text,
+    save_baselines,
+)
 from vfio_hil.lab.errors import HilError, ProvisioningError, UsageError
 from vfio_hil.lab.inventory import DEFAULT_INVENTORY, Inventory, load_inventory
 from vfio_hil.lab.provision import Provisioner
@@ -48,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--reports", type=Path, default=Path("reports"))
     run.add_argument("--keep-rack", action="store_true", help="leave booted VMs running")
     run.add_argument("--limit", help="only these hosts (comma-separated)")
+    run.add_argument("--baselines", type=Path, help=BASELINES_HELP)
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     rack = sub.add_parser("rack", help="boot, stop or show the virtual rack")
     rack.add_argument("action", choices=("up", "down", "status"))
@@ -56,7 +67,25 @@ def _parser() -> argparse.ArgumentParser:
     checks = sub.add_parser("checks", help="the check catalogue")
     checks.add_argument("action", choices=("list",))
     checks.add_argument("--json", action="store_true", help="one JSON object per check")
+    baseline = sub.add_parser("baseline", help="save or show the per-platform baselines")
+    actions = baseline.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    save = actions.add_parser("save", help="save the median figures of runs as baselines")
+    save.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="a run folder")
+    save.add_argument("--baselines", type=Path, help=BASELINES_HELP)
+    save.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="PATTERN=PCT",
+        help="tolerance of the figures matching PATTERN, in percent or 'none' (repeatable; "
+        "before the default table, first match wins)",
+    )
+    show = actions.add_parser("show", help="list the saved baselines")
+    show.add_argument("--baselines", type=Path, help=BASELINES_HELP)
     return p
+
+
+BASELINES_HELP = "baselines directory (default: $VFIO_HIL_BASELINES, else ./baselines)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             return rack_command(args.action, load_inventory(args.inventory), args.hosts or None)
         if args.command == "checks":
             return checks_command(args.json)
+        if args.command == "baseline":
+            return baseline_command(args)
         return run_command(args)
     except HilError as exc:
         print(f"vfio-hil: error: {exc}", file=sys.stderr)
@@ -110,6 +141,25 @@ def checks_command(as_json: bool) -> int:
 
     checks = load_catalogue()
     print(json.dumps(checks, indent=2) if as_json else catalogue_table(checks))
+    return 0
+
+
+def baseline_command(args: argparse.Namespace) -> int:
+    """``vfio-hil baseline save|show``: one line per platform's file."""
+    store = BaselineStore(args.baselines or default_dir())
+    if args.action == "save":
+        overrides = [parse_tolerance(t) for t in args.tolerance]
+        for saved in save_baselines(args.runs, store, [*overrides, *DEFAULT_TOLERANCES]):
+            print(saved.text())
+        return 0
+    baselines = store.all()
+    if not baselines:
+        print(f"no baselines in {store.directory}")
+    for path, baseline in baselines:
+        print(
+            f"{path}: {baseline.figure_count()} figures of {', '.join(baseline.check_ids())} "
+            f"({platform_text(baseline.platform)})"
+        )
     return 0
 
 
@@ -168,6 +218,7 @@ def run_command(args: argparse.Namespace) -> int:
             "--vfio-inventory", str(args.inventory.resolve()),
             "--vfio-reports", str(args.reports.resolve()),
             "--vfio-run-id", run_id,
+            "--vfio-baselines", str((args.baselines or default_dir()).resolve()),
             # Explicit, so that pytest-xdist workers write them too.
             "--alluredir", str(run_dir / "allure-results"),
             "--junitxml", str(run_dir / "junit.xml"),

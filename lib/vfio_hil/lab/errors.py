@@ -32,3 +32,10 @@ class ProvisioningError(HilError):
 
 class ChannelError(HilError):
     """The channel to a DUT broke, or a DUT-side call failed outside VFIO."""
+
+
+class BaselineError(HilError):
+    """A baseline or the run it is saved from is missing or malformed, or a figure cannot be
+    compared with its baseline (another unit, another direction)."""
+
+    exit_code = 2

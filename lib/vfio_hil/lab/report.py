@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from vfio_hil.core.perf import Figure
+
 VERDICTS = ("PASS", "FAIL", "SKIP", "ERROR")
 
 
@@ -72,9 +74,30 @@ def summary_table(results: list[dict[str, Any]], results_path: Path | None) -> s
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
         for row in rows
     ]
+    lines += figures_section(results)
     counts = verdict_counts(results)
     lines.append("")
     lines.append("verdicts: " + ", ".join(f"{counts[v]} {v}" for v in VERDICTS))
     if results_path is not None:
         lines.append(f"report:   {results_path.parent}")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def figures_section(results: list[dict[str, Any]]) -> list[str]:
+    """The summary's figures: per record that has any (a check on a host and device), a
+    heading naming what measured them and what they were compared with, then one figure a
+    line. No lines when no record has figures."""
+    lines = []
+    for r in sorted(results, key=_order):
+        if not r.get("figures"):
+            continue
+        dev = r["device"]["bdf"] if r.get("device") else "-"
+        baseline = r.get("baseline")
+        judged = (
+            f"baseline {baseline['platform_id']}: {baseline['compared']} compared"
+            if baseline
+            else "no baseline: reported only"
+        )
+        lines.append(f"{r['check_id']}  {r['host'] or '-'}  {dev}  [{r['hot_path']}; {judged}]")
+        lines += [f"    {Figure.from_dict(f).text()}" for f in r["figures"]]
+    return ["", "figures:", *lines] if lines else []

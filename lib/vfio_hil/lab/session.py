@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vfio_hil.lab.ansible.library.vfio_hil_facts import cpu_model
 from vfio_hil.lab.channel import DutChannel, DutVfioError, LocalDutChannel, SshDutChannel
 from vfio_hil.lab.errors import HilError
 from vfio_hil.lab.inventory import DutDevice, Host, Inventory, load_inventory
@@ -183,6 +184,9 @@ class Lab:
         if host.virtual:
             platform["qemu_version"] = self.rack.qemu_version(host.name)
             platform["accel"] = self.rack.status(host).accel
+            # A virtual host computes on the controller's CPU (under TCG, wholly): its
+            # figures belong to that CPU as much as to the guest's, whose model is QEMU's.
+            platform["vm_host_cpu_model"] = cpu_model(Path("/proc/cpuinfo").read_text())
         return platform
 
     def _open_channel(self, host: Host) -> DutChannel:

@@ -39,6 +39,19 @@ def bind_mod() -> ModuleType:
     return load_module("vfio_pci_bind")
 
 
+# Two CPUs, as /proc/cpuinfo of a q35 guest under TCG shows them (abridged).
+CPUINFO = """\
+processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: QEMU Virtual CPU version 2.5+
+flags\t\t: fpu de pse
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+model name\t: QEMU Virtual CPU version 2.5+
+"""
+
+
 @pytest.fixture
 def fake_sysfs(tmp_path: Path) -> FakeSysfs:
     """An empty fake sysfs tree."""
@@ -86,6 +99,12 @@ def vm_sysfs(fake_sysfs: FakeSysfs) -> FakeSysfs:
     (fake.root / "proc/sys/kernel").mkdir(parents=True)
     (fake.root / "proc/sys/kernel/osrelease").write_text("6.1.0-56-amd64\n")
     (fake.root / "proc/cmdline").write_text("console=ttyS0 intel_iommu=on\n")
+    (fake.root / "proc/cpuinfo").write_text(CPUINFO)
+    dmi = fake.root / "sys/class/dmi/id"
+    dmi.mkdir(parents=True)
+    (dmi / "bios_vendor").write_text("SeaBIOS\n")
+    (dmi / "bios_version").write_text("1.16.2-debian-1.16.2-1\n")
+    (dmi / "bios_date").write_text("04/01/2014\n")
     (fake.root / "proc/interrupts").write_text(
         "           CPU0\n"
         "  0:        108  IR-IO-APIC   2-edge      timer\n"

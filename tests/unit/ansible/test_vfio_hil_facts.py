@@ -64,6 +64,12 @@ def test_gather_platform_on_vm_like_tree(facts_mod: ModuleType, vm_sysfs: FakeSy
 
     assert platform["kernel_release"] == "6.1.0-56-amd64"
     assert platform["kernel_cmdline"] == "console=ttyS0 intel_iommu=on"
+    assert platform["cpu_model"] == "QEMU Virtual CPU version 2.5+"
+    assert platform["firmware"] == {
+        "vendor": "SeaBIOS",
+        "version": "1.16.2-debian-1.16.2-1",
+        "date": "04/01/2014",
+    }
     assert platform["iommu"] == {
         "kind": "intel",
         "units": ["dmar0"],
@@ -114,6 +120,8 @@ def test_gather_platform_without_iommu_or_vfio(
     assert platform["vfio_loaded"] is False
     assert platform["dev_vfio"] == []
     assert platform["kernel_release"] is None
+    assert platform["cpu_model"] is None
+    assert platform["firmware"] == {"vendor": None, "version": None, "date": None}
 
 
 def test_identity_domains_mean_no_translation(facts_mod: ModuleType, vm_sysfs: FakeSysfs) -> None:
@@ -219,3 +227,19 @@ def test_missing_devices_message_names_every_one(facts_mod: ModuleType) -> None:
 def test_bad_address_is_rejected(facts_mod: ModuleType) -> None:
     with pytest.raises(ValueError, match="'00:04' is not a PCI address"):
         facts_mod.normalize_bdf("00:04")
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "model"),
+    [
+        ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R)  Gold 6338 CPU @ 2.00GHz\n",
+         "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz"),
+        # arm64: no model name line at all.
+        ("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n", None),
+        ("", None),
+    ],
+)  # fmt: skip
+def test_cpu_model_is_the_first_model_name(
+    facts_mod: ModuleType, cpuinfo: str, model: str | None
+) -> None:
+    assert facts_mod.cpu_model(cpuinfo) == model

@@ -48,3 +48,28 @@ def test_summary_table_shows_reasons_counts_and_path(tmp_path: Path) -> None:
     assert "verdicts: 1 PASS, 1 FAIL, 0 SKIP, 0 ERROR" in text
     assert f"report:   {tmp_path}" in text
     assert verdict_counts([]) == {"PASS": 0, "FAIL": 0, "SKIP": 0, "ERROR": 0}
+
+
+def test_summary_lists_figures_per_check_host_and_device(tmp_path: Path) -> None:
+    measured = {
+        **rec("PERF-001", "FAIL", "0000:00:06.0", "randread_4k_qd32.iops: measured ..."),
+        "hot_path": "compiled",
+        "baseline": {"platform_id": "1a2b3c4d5e6f", "file": "b.json", "compared": 1},
+        "figures": [
+            {"name": "randread_4k_qd32.iops", "value": 161234.5, "unit": "IOPS",
+             "higher_is_better": True},
+            {"name": "randread_4k_qd32.lat_p99_9", "value": 812.25, "unit": "us",
+             "higher_is_better": False},
+        ],
+    }  # fmt: skip
+    text = summary_table([measured, {**rec("PLAT-001", "PASS"), "figures": []}], None)
+    table, rest = text.split("\nfigures:\n")
+    assert "PERF-001" in table and "PLAT-001" in table
+    figures, counts = rest.split("\n\n")
+    assert figures.splitlines() == [
+        "PERF-001  h  0000:00:06.0  [compiled; baseline 1a2b3c4d5e6f: 1 compared]",
+        "    randread_4k_qd32.iops = 161234 IOPS",
+        "    randread_4k_qd32.lat_p99_9 = 812.2 us",
+    ]
+    assert counts == "verdicts: 1 PASS, 1 FAIL, 0 SKIP, 0 ERROR"
+    assert "figures:" not in summary_table([rec("PLAT-001", "PASS")], None)

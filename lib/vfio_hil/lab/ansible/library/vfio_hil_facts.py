@@ -37,7 +37,8 @@ EXAMPLES = r"""
 RETURN = r"""
 platform:
   description: >-
-    kernel_release, kernel_cmdline, iommu {kind, units, translation,
+    kernel_release, kernel_cmdline, cpu_model, firmware {vendor, version,
+    date}, iommu {kind, units, translation,
     group_count, default_domain_types}, interrupt_remapping {enabled,
     evidence}, iommu_groups, devices {vendor, device, subsystem_vendor,
     subsystem_device, class, revision, driver, iommu_group, is_bridge},
@@ -205,12 +206,36 @@ def read_vfio_params(root: str) -> dict[str, str | None]:
     return params
 
 
+def cpu_model(cpuinfo_text: str) -> str | None:
+    """The first ``model name`` of /proc/cpuinfo (x86), None where there is none (most Arm
+    kernels print no model name)."""
+    for line in cpuinfo_text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "model name":
+            return " ".join(value.split()) or None
+    return None
+
+
+def read_firmware(root: str) -> dict[str, str | None]:
+    """The BIOS / UEFI firmware as DMI reports it (/sys/class/dmi/id): vendor, version and
+    release date; None for what the platform does not expose (no DMI on most Arm boards).
+    A firmware update can change a platform's figures, so baselines are keyed by it."""
+    base = os.path.join(root, "sys/class/dmi/id")
+    return {
+        "vendor": read_text(os.path.join(base, "bios_vendor")),
+        "version": read_text(os.path.join(base, "bios_version")),
+        "date": read_text(os.path.join(base, "bios_date")),
+    }
+
+
 def gather_platform(root: str = "/", dmesg_text: str = "") -> dict[str, Any]:
     """Collect the whole ``platform`` result from a (possibly fake) root."""
     interrupts = read_text(os.path.join(root, "proc/interrupts")) or ""
     return {
         "kernel_release": read_text(os.path.join(root, "proc/sys/kernel/osrelease")),
         "kernel_cmdline": read_text(os.path.join(root, "proc/cmdline")),
+        "cpu_model": cpu_model(read_text(os.path.join(root, "proc/cpuinfo")) or ""),
+        "firmware": read_firmware(root),
         "iommu": read_iommu(root),
         "interrupt_remapping": interrupt_remapping(dmesg_text, interrupts),
         "iommu_groups": read_iommu_groups(root),

@@ -1,0 +1,47 @@
+"""A fake lab for the plugin's pytester tests: a conftest text whose ``dut_device`` leases
+devices of one lab host, whose session's facts and engine probe a fake channel cans; the
+leases and sessions are the plugin's real ones."""
+
+FAKE_LAB = """
+import pytest
+from vfio_hil.lab.inventory import Host
+from vfio_hil.lab.session import DeviceLease, HostSession
+
+FACTS = {
+    "iommu": {"kind": "intel", "translation": True},
+    "devices": {
+        "0000:3b:00.0": {
+            "vendor": "0x144d", "device": "0xa808", "subsystem_vendor": "0x144d",
+            "subsystem_device": "0xa801", "class": "0x010802", "revision": "0x00",
+            "driver": "vfio-pci", "iommu_group": 12,
+        },
+    },
+}
+IDENTITY = {"model": "Samsung SSD 970 EVO Plus 1TB", "serial": "S4EWNX0N", "firmware": "2B2QEXM7"}
+
+
+class Log:
+    entries = []
+
+
+class FakeChannel:
+    ioctl_log = Log()
+
+    def call(self, func, **kwargs):
+        answers = {
+            "evidence.kmsg_cursor": 0,
+            "evidence.kmsg_since": {"lines": [], "trouble": []},
+            "evidence.device_state": {},
+            "probes.group_attach": {},
+            "engines.describe": {"engine": "nvme", "capabilities": [], "identity": IDENTITY},
+        }
+        return answers[func]
+
+
+SESSION = HostSession(Host("lab-3", {}, None), FACTS, FakeChannel())
+
+
+@pytest.fixture
+def dut_device(request):
+    return DeviceLease(request.param, SESSION)
+"""
