@@ -53,9 +53,10 @@ def _opened(bdf: str) -> Iterator[Tuple[IommuBackend, Device, EngineMemory]]:
 @contextmanager
 def _nvme(bdf: str, scratch: bool, hot_path: str) -> Iterator[Tuple[Device, NvmeLoops, PerfRun]]:
     loops = Loops(hot_path)
-    with _opened(bdf) as (_iommu, device, memory), NvmeController(
-        device, memory, scratch=scratch
-    ) as ctrl:
+    with (
+        _opened(bdf) as (_iommu, device, memory),
+        NvmeController(device, memory, scratch=scratch) as ctrl,
+    ):
         yield device, loops.nvme(ctrl), PerfRun(ctrl.device.bdf, loops.name, loops.why_python)
 
 

@@ -58,8 +58,14 @@ def test_summary_lists_figures_per_check_host_and_device(tmp_path: Path) -> None
         "figures": [
             {"name": "randread_4k_qd32.iops", "value": 161234.5, "unit": "IOPS",
              "higher_is_better": True},
+            {"name": "randread_4k_qd32.lat_p50", "value": 90.5, "unit": "us",
+             "higher_is_better": False},
             {"name": "randread_4k_qd32.lat_p99_9", "value": 812.25, "unit": "us",
              "higher_is_better": False},
+            {"name": "randread_4k_qd32.cpu_per_io", "value": 2.5, "unit": "us",
+             "higher_is_better": False},
+            {"name": "near_native.randread_4k_qd32", "value": 24.5, "unit": "ratio",
+             "higher_is_better": True},
         ],
     }  # fmt: skip
     text = summary_table([measured, {**rec("PLAT-001", "PASS"), "figures": []}], None)
@@ -68,8 +74,9 @@ def test_summary_lists_figures_per_check_host_and_device(tmp_path: Path) -> None
     figures, counts = rest.split("\n\n")
     assert figures.splitlines() == [
         "PERF-001  h  0000:00:06.0  [compiled; baseline 1a2b3c4d5e6f: 1 compared]",
-        "    randread_4k_qd32.iops = 161234 IOPS",
-        "    randread_4k_qd32.lat_p99_9 = 812.2 us",
+        "    randread_4k_qd32  161234 IOPS, cpu_per_io 2.5 us",
+        "                      latency us: p50 90.5  p99.9 812.2",
+        "    near_native       randread_4k_qd32 24.5 ratio",
     ]
     assert counts == "verdicts: 1 PASS, 1 FAIL, 0 SKIP, 0 ERROR"
     assert "figures:" not in summary_table([rec("PLAT-001", "PASS")], None)

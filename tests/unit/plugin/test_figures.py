@@ -100,8 +100,8 @@ def test_figures_in_every_output_and_judged_against_the_baseline(
     summary = result.stdout.str()
     assert "figures:" in summary
     assert "PERF-901  lab-3  0000:3b:00.0  [compiled; no baseline: reported only]" in summary
-    assert "    randread_4k_qd32.iops = 161234 IOPS" in summary
-    assert "    randread_4k_qd32.lat_p99_9 = 812.2 us" in summary
+    assert "    randread_4k_qd32  161234 IOPS" in summary
+    assert "latency us: p99.9 812.2" in summary
 
     # A baseline equal to the measured figures: PASS, one figure compared (p99.9 is a tail).
     assert main(["baseline", "save", str(first_run), "--baselines", str(baselines)]) == 0

@@ -123,4 +123,3 @@ class Histogram:
             int(data["count"]), int(data["sum_ns"]), int(data["min_ns"]), int(data["max_ns"]),
             {int(i): int(n) for i, n in data["buckets"]},
         )  # fmt: skip
-

@@ -291,9 +291,7 @@ class NvmeLoops:
         result = ffi.new("struct vh_io_result *")
         status = lib.vh_nvme_io(view, self._job(workload, seconds, warmup_s, fd), result)
         self._settle(view, status, workload.name)
-        return self.loops._measurement(
-            workload.name, result, int(result.ios), int(result.bytes)
-        )
+        return self.loops._measurement(workload.name, result, int(result.ios), int(result.bytes))
 
     def irq_delivery(self, name: str, count: int, eventfd: EventFd) -> Measurement:
         """``count`` single 4 KiB reads; for each, the time from its completion entry being
