@@ -214,37 +214,34 @@ def _fio_messages(output: str) -> str:
     return "\n".join(lines) if lines else _tail(output)
 
 
-def _namespace_name(entry: str) -> Optional[Tuple[int, str]]:
-    """(nsid, kind) of a controller's sysfs entry naming a namespace: ``nvme0n1`` is the
-    block device itself, ``nvme0c0n1`` a path of a native-multipath namespace."""
-    match = re.fullmatch(r"nvme\d+(c\d+)?n(\d+)", entry)
+def _namespace_disk(entry: str) -> Optional[Tuple[int, str]]:
+    """(namespace instance, block device name) of a controller's sysfs entry naming a
+    namespace, None for any other entry. ``nvme0n1`` is the block device itself; with native
+    multipath the controller holds a hidden path ``nvme<S>c<C>n<H>`` of the head disk
+    ``nvme<S>n<H>`` (subsystem S, controller C, head H: drivers/nvme/host/multipath.c
+    nvme_set_disk_name())."""
+    match = re.fullmatch(r"nvme(\d+)(?:c\d+)?n(\d+)", entry)
     if match is None:
         return None
-    return int(match.group(2)), "path" if match.group(1) else "disk"
+    return int(match.group(2)), f"nvme{match.group(1)}n{match.group(2)}"
 
 
 def namespace_block_device(bdf: str, root: str = "/") -> Optional[str]:
     """The block device (``/dev/nvme0n1``) of the lowest-numbered namespace of ``bdf``'s
     NVMe controller that has a capacity and a device node, None while there is none.
 
-    Found from the controller's sysfs directory (``<device>/nvme/nvmeN``): a namespace is
-    ``nvmeNnM`` there, or with native multipath a path ``nvmeNcCnM`` whose block device is
-    the multipath head listing it (``/sys/block/<head>/multipath/nvmeNcCnM``).
+    Found from the controller's sysfs directory (``<device>/nvme/nvmeN``), where a namespace
+    is its block device ``nvmeSnH`` or, with native multipath, a path ``nvmeScCnH`` of it.
     """
-    entries = []
+    disks = set()
     for controller in glob.glob(os.path.join(sysfs.device_path(bdf, root), "nvme", "nvme*")):
         for entry in os.listdir(controller):
-            parsed = _namespace_name(entry)
-            if parsed is not None:
-                entries.append((parsed[0], parsed[1], entry))
-    for _nsid, kind, entry in sorted(entries):
-        if kind == "path":
-            heads = glob.glob(os.path.join(root, "sys/block/*/multipath", entry))
-            if not heads:
-                continue
-            entry = os.path.basename(os.path.dirname(os.path.dirname(heads[0])))
-        node = os.path.join(root, "dev", entry)
-        if _capacity(os.path.join(root, "sys/class/block", entry)) and os.path.exists(node):
+            disk = _namespace_disk(entry)
+            if disk is not None:
+                disks.add(disk)
+    for _instance, name in sorted(disks):
+        node = os.path.join(root, "dev", name)
+        if _capacity(os.path.join(root, "sys/class/block", name)) and os.path.exists(node):
             return node
     return None
 

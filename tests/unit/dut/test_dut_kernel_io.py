@@ -195,13 +195,13 @@ def test_namespace_without_multipath(tmp_path: Path) -> None:
     assert kernel_io.namespace_block_device(BDF, str(tmp_path)) == str(tmp_path / "dev/nvme0n1")
 
 
-def test_namespace_through_its_multipath_head(tmp_path: Path) -> None:
-    _controller(tmp_path, "nvme0c0n1")
-    (tmp_path / "sys/block/nvme1n1/multipath").mkdir(parents=True)
-    (tmp_path / "sys/block/nvme1n1/multipath/nvme0c0n1").mkdir()
-    _namespace(tmp_path, "nvme1n1")
+def test_namespace_through_its_multipath_path(tmp_path: Path) -> None:
+    # Subsystem 1, controller 0, head 2: the path nvme1c0n2 of the disk nvme1n2.
+    _controller(tmp_path, "nvme1c0n2")
+    _namespace(tmp_path, "nvme1n2")
+    _namespace(tmp_path, "nvme0n2")
 
-    assert kernel_io.namespace_block_device(BDF, str(tmp_path)) == str(tmp_path / "dev/nvme1n1")
+    assert kernel_io.namespace_block_device(BDF, str(tmp_path)) == str(tmp_path / "dev/nvme1n2")
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,8 @@ def test_no_namespace_yet(tmp_path: Path, layout: str) -> None:
         _controller(tmp_path, "nvme0n1")
         _namespace(tmp_path, "nvme0n1", node=False)
     elif layout == "no head":
-        _controller(tmp_path, "nvme0c0n1")
+        _controller(tmp_path, "nvme1c0n1")
+        _namespace(tmp_path, "nvme0n1")
 
     assert kernel_io.namespace_block_device(BDF, str(tmp_path)) is None
     assert kernel_io.wait_for_namespace(BDF, 0.2, str(tmp_path)) is None
