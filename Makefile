@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the virtual rack needs on the controller. The guests boot the controller's
-# own filesystem, so their sshd and python3-cffi come from here too.
+# own filesystem, so their sshd, python3-cffi and fio (the kernel-driver side of the PERF
+# near-native ratio) come from here too.
 DEB_PACKAGES := qemu-system-x86 busybox-static openssh-client openssh-server kmod \
-	python3-cffi iproute2 pciutils
+	python3-cffi iproute2 pciutils fio
 
 .PHONY: run test unit e2e lint deps system-deps rack-up rack-down clean
 
