@@ -119,25 +119,30 @@ def test_near_native(dut_device: DeviceLease, evidence: Any, figures: Any, perf_
             evidence.add("kernel fio", kernel_runs)
             pytest.skip(f"{dut_device.bdf}: kernel side not measured: {kernel['why_not']}")
         found += _kernel_figures(f"kernel_{name}", kernel)
-        if name in iops and kernel["iops"]:
-            found.append(Figure(f"near_native.{name}", round(iops[name] / kernel["iops"], 3),
-                                "ratio", True))  # fmt: skip
+        kernel_iops = kernel["measurement"]["iops"]
+        if name in iops and kernel_iops:
+            found.append(
+                Figure(f"near_native.{name}", round(iops[name] / kernel_iops, 3), "ratio", True)
+            )
     evidence.add("kernel fio", kernel_runs)
     _report(figures, vfio, found)
 
 
 def _kernel_figures(prefix: str, kernel: Dict[str, Any]) -> List[Figure]:
-    """fio's figures of the kernel driver, named like the library's."""
-    lat = kernel["lat_ns"]
-    us = [
-        Figure(f"{prefix}.lat_{key}", round(lat[key] / 1e3, 3), "us", False)
-        for key in ("mean", "p50", "p99", "p99_9")
-        if lat.get(key) is not None
-    ]
+    """fio's figures of the kernel driver, named like the library's (latency: submission to
+    completion, as fio's total latency)."""
+    m = kernel["measurement"]
+    latency = {
+        "lat_mean": m["lat_mean_ns"],
+        "lat_min": m["lat_min_ns"],
+        "lat_max": m["lat_max_ns"],
+        **{f"lat_{k.replace('.', '_')}": v for k, v in m["lat_percentiles_ns"].items()},
+    }
     return [
-        Figure(f"{prefix}.iops", round(kernel["iops"]), "IOPS", True),
-        *us,
-        Figure(f"{prefix}.cpu_per_io", round(kernel["cpu_per_io_ns"] / 1e3, 3), "us", False),
+        Figure(f"{prefix}.iops", round(m["iops"]), "IOPS", True),
+        Figure(f"{prefix}.mib_s", round(m["bw_mib_s"], 2), "MiB/s", True),
+        *(Figure(f"{prefix}.{k}", round(v / 1e3, 3), "us", False) for k, v in latency.items()),
+        Figure(f"{prefix}.cpu_per_io", round(m["cpu_ns_per_io"] / 1e3, 3), "us", False),
     ]
 
 
