@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from rackutil import E2E_INVENTORY, booted_rack, pci_drivers, run_cli
+from rackutil import E2E_INVENTORY, QUICK_PERF, booted_rack, pci_drivers, run_cli
 
 from vfio_hil.lab.rack import VirtualRack
 
@@ -24,8 +24,9 @@ def suite_run(e2e_rack: VirtualRack, tmp_path_factory: pytest.TempPathFactory) -
     hosts = list(e2e_rack.inventory.hosts)
     before = {h: pci_drivers(e2e_rack, h) for h in hosts}
     # Two xdist workers, each owning whole hosts: the checks of two platforms run at once.
+    xdist = ["-n", "2", "--dist", "loadgroup"]
     run = run_cli(
-        ["run", "--inventory", str(E2E_INVENTORY), "--", "-n", "2", "--dist", "loadgroup"],
+        ["run", "--inventory", str(E2E_INVENTORY), "--", *xdist, *QUICK_PERF],
         tmp_path_factory.mktemp("reports"),
     )
     after = {h: pci_drivers(e2e_rack, h) for h in hosts}

@@ -36,14 +36,21 @@ class CliRun:
         return json.loads((self.reports / "latest" / "results.json").read_text())
 
 
+#: pytest options that keep the PERF checks short where the e2e tests only need their
+#: verdicts (their figures are judged in test_perf.py, and timed in `make bench`).
+QUICK_PERF = ["--perf-seconds", "0.3", "--perf-warmup", "0.05"]
+
+
 def run_cli(args: list[str], reports: Path, timeout: float = 900) -> CliRun:
-    """Run the vfio-hil CLI as a user would."""
+    """Run the vfio-hil CLI as a user would, with baselines of its own (``reports/baselines``,
+    empty unless the test saves one there) so that no baseline of the checkout judges it."""
     proc = subprocess.run(
         [VFIO_HIL, args[0], "--reports", str(reports), *args[1:]],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, "VFIO_HIL_BASELINES": str(reports / "baselines")},
     )
     return CliRun(proc.returncode, proc.stdout, proc.stderr, reports)
 
