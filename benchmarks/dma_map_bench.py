@@ -9,7 +9,8 @@ bench`` runs it on a rack DUT).
 The loops: ``C`` (the baseline), ``Python floor`` (the same two ioctls through
 ``fcntl.ioctl`` on requests packed once: the least any Python code pays per pair, no checks),
 ``cffi floor`` (the same through libffi, cffi's ABI mode, as the library once issued them),
-then the library's ``Container`` and ``IommuBackend`` methods.
+then the library's ``Container`` and ``IommuBackend`` methods and its compiled engine (the
+PERF checks' hot path, :mod:`vfio_hil.core.perf`; timing each pair costs it two clock reads).
 
     python benchmarks/dma_map_bench.py --bdf 0000:00:04.0 [--rounds 5] [--seconds 0.5]
 """
@@ -42,6 +43,8 @@ from vfio_hil.core import (  # noqa: E402
     sysfs,
     uapi,
 )
+from vfio_hil.core.perf import hotpath  # noqa: E402
+from vfio_hil.core.perf.loops import UNBOUNDED  # noqa: E402
 
 IOVA = 0x4000_0000  # 1 GiB: aligned for any page size used here
 RW = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
@@ -144,13 +147,26 @@ def loops_for(backend: ContainerBackend, c_loop: CLoop, buf: DmaBuffer) -> Dict[
             backend.map_dma(buf.vaddr, IOVA, size)
             backend.unmap_dma(IOVA, size)
 
-    return {
+    loops = {
         "C": c,
         "Python floor": python_floor,
         "cffi floor": cffi_floor,
         "Container": through_container,
         "IommuBackend": through_backend,
     }
+    compiled, _why = hotpath.load()
+    if compiled is not None:
+        result = compiled.ffi.new("struct vh_loop_result *")
+
+        def compiled_engine(n: int) -> None:
+            status = compiled.lib.vh_map_unmap_loop(
+                container.fd, buf.vaddr, IOVA, size, n, UNBOUNDED, result
+            )
+            if status:
+                raise OSError(-status, os.strerror(-status), "vh_map_unmap_loop")
+
+        loops["compiled engine"] = compiled_engine
+    return loops
 
 
 def many_mappings(backend: ContainerBackend, count: int) -> Tuple[float, float]:

@@ -463,10 +463,10 @@ int vh_pio_loop(int fd, uint64_t offset, int write, uint32_t value, uint64_t cou
 
 /*
  * VFIO_IOMMU_MAP_DMA then VFIO_IOMMU_UNMAP_DMA of [iova, iova + size) -> vaddr on a type1
- * container, for `run_ns`; each pair timed.
+ * container, `max_ops` times or for `run_ns`, whichever ends first; each pair timed.
  */
 int vh_map_unmap_loop(int container_fd, uint64_t vaddr, uint64_t iova, uint64_t size,
-		      uint64_t run_ns, struct vh_loop_result *r)
+		      uint64_t max_ops, uint64_t run_ns, struct vh_loop_result *r)
 {
 	struct vfio_iommu_type1_dma_map map = {
 		.argsz = sizeof(map),
@@ -497,7 +497,7 @@ int vh_map_unmap_loop(int container_fd, uint64_t vaddr, uint64_t iova, uint64_t 
 		t1 = vh_now();
 		vh_hist_add(&r->lat, t1 - t0);
 		r->ops++;
-	} while (t1 < end);
+	} while (t1 < end && r->ops < max_ops);
 	r->elapsed_ns = vh_now() - start;
 	r->cpu_ns = vh_clock(CLOCK_THREAD_CPUTIME_ID) - cpu0;
 	return r->status;

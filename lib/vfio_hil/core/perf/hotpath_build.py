@@ -53,7 +53,7 @@ int vh_mmio_write_loop(uint64_t addr, uint32_t value, uint64_t count,
 int vh_pio_loop(int fd, uint64_t offset, int write, uint32_t value, uint64_t count,
                 struct vh_loop_result *r);
 int vh_map_unmap_loop(int container_fd, uint64_t vaddr, uint64_t iova, uint64_t size,
-                      uint64_t run_ns, struct vh_loop_result *r);
+                      uint64_t max_ops, uint64_t run_ns, struct vh_loop_result *r);
 """
 
 ffibuilder = FFI()

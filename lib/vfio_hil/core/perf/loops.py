@@ -27,6 +27,8 @@ from .measure import COMPILED, PYTHON, Measurement
 #: A command that does not complete within this ends the loop (the controller is reset).
 TIMEOUT_S = 5.0
 _SEED = 0x5EED5EED
+#: No limit on a compiled loop's operation count (it runs for its time).
+UNBOUNDED = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Loops:
         lib, ffi = self.module.lib, self.module.ffi
         r = ffi.new("struct vh_loop_result *")
         status = lib.vh_map_unmap_loop(
-            iommu.container.fd, buffer.vaddr, iova, buffer.length, int(seconds * 1e9), r
+            iommu.container.fd, buffer.vaddr, iova, buffer.length, UNBOUNDED, int(seconds * 1e9), r
         )
         self._checked(f"MAP_DMA/UNMAP_DMA of {buffer.length} bytes at {iova:#x}", status)
         return self._measurement(name, r, int(r.ops))
