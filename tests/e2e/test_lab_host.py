@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from rackutil import HERE, CliRun, booted_rack, pci_drivers, run_cli
+from rackutil import HERE, QUICK_PERF, CliRun, booted_rack, pci_drivers, run_cli
 
 from vfio_hil.lab.inventory import ENGINE_CAPABILITIES
 from vfio_hil.lab.rack import VirtualRack
@@ -127,7 +127,9 @@ def lab_host_run(
     folder = tmp_path_factory.mktemp("lab-host")
     inventory = write_lab_inventory(lab_host_rack, folder)
     before = pci_drivers(lab_host_rack, RACK_HOST)
-    run = run_cli(["run", "--inventory", str(inventory)], folder / "reports", timeout=3000)
+    run = run_cli(
+        ["run", "--inventory", str(inventory), "--", *QUICK_PERF], folder / "reports", timeout=3000
+    )
     after = pci_drivers(lab_host_rack, RACK_HOST)
     print(run.stderr[-3000:])
     if (run.reports / "latest" / "results.json").is_file():
@@ -346,3 +348,17 @@ def test_records_carry_the_devices_own_identity(lab_host_run: dict[str, Any], bd
     assert not wrong_model, wrong_model[:3]
     iso = {r["check_id"] for r in records if _area(r) == "ISO"}
     assert iso and iso <= {r["check_id"] for r in with_identity}
+
+
+@pytest.mark.parametrize("bdf", NVMES, ids=NVME_IDS)
+def test_perf_figures_on_the_nvme(lab_host_run: dict[str, Any], bdf: str) -> None:
+    """The PERF checks measure a lab host's NVMe as they measure the rack's: they PASS (no
+    baseline), through the compiled hot path deployed in the DUT zip, with IOPS, p99.9 and
+    the near-native ratio among their figures."""
+    records = {r["check_id"]: r for r in _records(lab_host_run["run"], bdf) if _area(r) == "PERF"}
+    assert {"PERF-001", "PERF-003", "PERF-004", "PERF-005"} <= set(records), sorted(records)
+    bad = [r for r in records.values() if r["verdict"] != "PASS" or r["hot_path"] != "compiled"]
+    assert not bad, _show(bad)
+    names = {f["name"] for f in records["PERF-001"]["figures"]}
+    assert {"randread_4k_qd32.iops", "randread_4k_qd32.lat_p99_9"} <= names
+    assert any(f["name"].startswith("near_native.") for f in records["PERF-003"]["figures"])

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..core import uapi
 from ..core.backend import IommuBackend, open_iommu
 from ..core.device import Device
 from ..core.dma import DmaBuffer
 from ..core.drivers import EngineMemory, NvmeController, probe_engine
+from ..core.drivers.nvme import is_nvme
 from ..core.perf.loops import WORKLOADS, Loops, NvmeLoops
 from ..core.perf.measure import Measurement
 from .engines import DEFAULT_BACKEND, NoEngineError
@@ -51,13 +52,21 @@ def _opened(bdf: str) -> Iterator[Tuple[IommuBackend, Device, EngineMemory]]:
 
 
 @contextmanager
-def _nvme(bdf: str, scratch: bool, hot_path: str) -> Iterator[Tuple[Device, NvmeLoops, PerfRun]]:
+def _nvme(
+    bdf: str, scratch: bool, hot_path: str
+) -> Iterator[Tuple[Device, Optional[NvmeLoops], PerfRun]]:
+    """The device, its NVMe loops (None, with the reason in the run's ``skipped``, for a
+    device that is not an NVMe controller) and the run to fill."""
     loops = Loops(hot_path)
-    with (
-        _opened(bdf) as (_iommu, device, memory),
-        NvmeController(device, memory, scratch=scratch) as ctrl,
-    ):
-        yield device, loops.nvme(ctrl), PerfRun(ctrl.device.bdf, loops.name, loops.why_python)
+    with _opened(bdf) as (_iommu, device, memory):
+        run = PerfRun(device.bdf, loops.name, loops.why_python)
+        if not is_nvme(device):
+            code = device.config_read(0x08, 4) >> 8
+            run.skipped["nvme"] = f"not an NVMe controller (class code {code:06x})"
+            yield device, None, run
+            return
+        with NvmeController(device, memory, scratch=scratch) as ctrl:
+            yield device, loops.nvme(ctrl), run
 
 
 def _msix_problem(device: Device) -> str:
@@ -78,7 +87,7 @@ def nvme_io(
     after the other on one controller bring-up: ``warmup_s`` unmeasured, ``seconds``
     measured each. Interrupt-driven ones wait on MSI-X vector 0."""
     with _nvme(bdf, scratch, hot_path) as (device, nvme, run):
-        for name in workloads:
+        for name in workloads if nvme is not None else ():
             workload = WORKLOADS[name]
             problem = nvme.problem(workload) or (
                 _msix_problem(device) if workload.interrupts else ""
@@ -98,9 +107,9 @@ def irq_delivery(bdf: str, count: int = 1000, hot_path: str = "auto") -> Dict[st
     completion entry to its interrupt's eventfd (``msi_delivery``)."""
     with _nvme(bdf, False, hot_path) as (device, nvme, run):
         problem = _msix_problem(device)
-        if problem:
+        if nvme is not None and problem:
             run.skipped["msi_delivery"] = problem
-        else:
+        elif nvme is not None:
             with device.irq_eventfds(uapi.VFIO_PCI_MSIX_IRQ_INDEX, 1) as irqs:
                 run.add(nvme.irq_delivery("msi_delivery", count, irqs[0]))
         return asdict(run)
