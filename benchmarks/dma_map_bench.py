@@ -1,16 +1,17 @@
 """DMA map + unmap throughput: the vfio_hil core library against the same ioctls issued in a
-tight C loop (benchmarks/dma_loop.c, built here with gcc and called through cffi).
+tight C loop (the library's compiled hot path, :mod:`vfio_hil.core.perf`, built with cffi when
+the package is installed).
 
 Runs on a VFIO host as root, with ``--bdf`` bound to vfio-pci (any device: it only gives the
 container an IOMMU). Prints pairs per second for 4 KiB and 2 MiB mappings and the overhead of
 each library layer over C and over the Python floor; it measures, it does not judge (``make
 bench`` runs it on a rack DUT).
 
-The loops: ``C`` (the baseline), ``Python floor`` (the same two ioctls through
+The loops: ``C`` (the baseline: the compiled engine of the PERF checks, which also times each
+pair with two vDSO clock reads), ``Python floor`` (the same two ioctls through
 ``fcntl.ioctl`` on requests packed once: the least any Python code pays per pair, no checks),
 ``cffi floor`` (the same through libffi, cffi's ABI mode, as the library once issued them),
-then the library's ``Container`` and ``IommuBackend`` methods and its compiled engine (the
-PERF checks' hot path, :mod:`vfio_hil.core.perf`; timing each pair costs it two clock reads).
+then the library's ``Container`` and ``IommuBackend`` methods.
 
     python benchmarks/dma_map_bench.py --bdf 0000:00:04.0 [--rounds 5] [--seconds 0.5]
 """
@@ -22,13 +23,10 @@ import contextlib
 import fcntl
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
+from types import ModuleType
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
-
-import cffi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
@@ -66,26 +64,6 @@ class Result(NamedTuple):
     rates: Dict[str, float]
 
 
-class CLoop:
-    """dma_loop.c, compiled with gcc and loaded through cffi (ABI mode).
-
-    Keeps the FFI and the library object: dropping the library object unloads the code.
-    """
-
-    def __init__(self, workdir: str) -> None:
-        library = os.path.join(workdir, "libdmaloop.so")
-        subprocess.run(
-            ["gcc", "-O2", "-shared", "-fPIC", "-o", library, os.path.join(HERE, "dma_loop.c")],
-            check=True,
-        )
-        self.ffi = cffi.FFI()
-        self.ffi.cdef("long dma_map_unmap_loop(int, uint64_t, uint64_t, uint64_t, long);")
-        self.lib = self.ffi.dlopen(library)
-
-    def __call__(self, fd: int, vaddr: int, iova: int, size: int, iterations: int) -> int:
-        return int(self.lib.dma_map_unmap_loop(fd, vaddr, iova, size, iterations))
-
-
 def rate(loop: Loop, iterations: int) -> float:
     """Pairs per second of ``loop(iterations)``."""
     start = time.perf_counter()
@@ -105,14 +83,17 @@ def measure(loops: Dict[str, Loop], rounds: int, seconds: float) -> Dict[str, fl
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def loops_for(backend: ContainerBackend, c_loop: CLoop, buf: DmaBuffer) -> Dict[str, Loop]:
+def loops_for(backend: ContainerBackend, compiled: ModuleType, buf: DmaBuffer) -> Dict[str, Loop]:
     container = backend.container
     size = buf.length
+    result = compiled.ffi.new("struct vh_loop_result *")
 
     def c(n: int) -> None:
-        done = c_loop(container.fd, buf.vaddr, IOVA, size, n)
-        if done != n:
-            raise OSError(-done, os.strerror(-done), "dma_map_unmap_loop")
+        status = compiled.lib.vh_map_unmap_loop(
+            container.fd, buf.vaddr, IOVA, size, n, UNBOUNDED, result
+        )
+        if status or result.ops != n:
+            raise OSError(-status, os.strerror(-status), "vh_map_unmap_loop")
 
     map_request = uapi.new(
         "vfio_iommu_type1_dma_map", flags=RW, vaddr=buf.vaddr, iova=IOVA, size=size
@@ -147,26 +128,13 @@ def loops_for(backend: ContainerBackend, c_loop: CLoop, buf: DmaBuffer) -> Dict[
             backend.map_dma(buf.vaddr, IOVA, size)
             backend.unmap_dma(IOVA, size)
 
-    loops = {
+    return {
         "C": c,
         "Python floor": python_floor,
         "cffi floor": cffi_floor,
         "Container": through_container,
         "IommuBackend": through_backend,
     }
-    compiled, _why = hotpath.load()
-    if compiled is not None:
-        result = compiled.ffi.new("struct vh_loop_result *")
-
-        def compiled_engine(n: int) -> None:
-            status = compiled.lib.vh_map_unmap_loop(
-                container.fd, buf.vaddr, IOVA, size, n, UNBOUNDED, result
-            )
-            if status:
-                raise OSError(-status, os.strerror(-status), "vh_map_unmap_loop")
-
-        loops["compiled engine"] = compiled_engine
-    return loops
 
 
 def many_mappings(backend: ContainerBackend, count: int) -> Tuple[float, float]:
@@ -237,8 +205,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     pool = sysfs.hugepage_pool(HUGE_2M)
     backend = open_iommu("type1v2")
     assert isinstance(backend, ContainerBackend)
-    with tempfile.TemporaryDirectory() as workdir, backend:
-        c_loop = CLoop(workdir)
+    compiled, why = hotpath.load()
+    if compiled is None:
+        print(f"no C loop to compare with: {why}", file=sys.stderr)
+        return 2
+    with backend:
         backend.open_device(args.bdf)
         results = []
         try:
@@ -247,7 +218,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     ("4 KiB, 4 KiB page", small),
                     (f"2 MiB, {'2 MiB page' if big.huge else '4 KiB pages'}", big),
                 ):
-                    rates = measure(loops_for(backend, c_loop, buf), args.rounds, args.seconds)
+                    rates = measure(loops_for(backend, compiled, buf), args.rounds, args.seconds)
                     results.append(Result(label, rates))
             scaling = {count: many_mappings(backend, count) for count in MANY}
         finally:

@@ -146,14 +146,17 @@ def mmio_latency(
 def map_unmap_rate(
     bdf: str, sizes: Sequence[int] = (4096, 2 << 20), seconds: float = 0.5, hot_path: str = "auto"
 ) -> Dict[str, Any]:
-    """VFIO_IOMMU_MAP_DMA + UNMAP_DMA pairs per second, per mapping size, in the IOMMU
-    context of ``bdf``'s group (``dma_map_unmap_4k``, ``dma_map_unmap_2m``)."""
+    """VFIO_IOMMU_MAP_DMA + UNMAP_DMA pairs per second, per mapping size, of base-page memory
+    in the IOMMU context of ``bdf``'s group (``dma_map_unmap_4k``, ``dma_map_unmap_2m``)."""
     loops = Loops(hot_path)
     with _opened(bdf) as (iommu, device, _memory):
         run = PerfRun(device.bdf, loops.name, loops.why_python)
         for size in sizes:
             name = f"dma_map_unmap_{_size_text(size)}"
-            with DmaBuffer(size) as buffer:
+            # memfd (shmem) memory is backed by base pages whatever the buffer's alignment;
+            # anonymous memory may or may not get a transparent huge page, which changes a
+            # 2 MiB pair's cost tenfold from one run to the next (seen on the rack).
+            with DmaBuffer(size, backing="memfd") as buffer:
                 run.add(loops.map_unmap(name, iommu, buffer, MAP_IOVA, seconds))
         return asdict(run)
 
