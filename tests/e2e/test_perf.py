@@ -3,9 +3,10 @@ run, `vfio-hil baseline save`, run again. A baseline of the measured figures PAS
 twice the measured rate makes the PERF check FAIL, naming the figure, the expected and the
 measured value.
 
-The judged figures are PERF-004's DMA map+unmap rates (tolerance 25 %, the default for
-rates; every other figure left unjudged): they are measured on the DUT's CPU alone, the
-steadiest of the PERF figures on an emulated rack shared with other VMs."""
+The judged figure is PERF-004's 4 KiB DMA map+unmap rate (tolerance 25 %, the default for
+rates; every other figure left unjudged): it is measured on the DUT's CPU alone, the
+steadiest of the PERF figures on an emulated rack shared with other VMs (the 2 MiB rate
+moved by half from one run to the next on a loaded controller)."""
 
 from __future__ import annotations
 
@@ -22,14 +23,14 @@ pytestmark = pytest.mark.e2e
 
 HOST = "e2e-intel"
 CHECK = "PERF-004"
-RATES = ("dma_map_unmap_4k.rate", "dma_map_unmap_2m.rate")
-TOLERANCES = ["--tolerance", "*.rate=25", "--tolerance", "*=none"]
+RATES = ("dma_map_unmap_4k.rate",)
+TOLERANCES = ["--tolerance", "dma_map_unmap_4k.rate=25", "--tolerance", "*=none"]
 
 
 def _perf_run(reports: Path) -> dict:
     run: CliRun = run_cli(
         ["run", "--inventory", str(E2E_INVENTORY), "--limit", HOST, "--", "-k", CHECK,
-         "--perf-seconds", "1"],
+         "--perf-seconds", "2"],
         reports,
     )  # fmt: skip
     records = [r for r in run.results["results"] if r["check_id"] == CHECK]
@@ -56,12 +57,12 @@ def test_a_baseline_judges_the_perf_check(e2e_rack: VirtualRack, tmp_path: Path)
     assert saved.returncode == 0, saved.stderr
     (path,) = baselines.glob("*.json")
 
-    # The measured figures themselves: PASS, both rates compared.
+    # The measured figures themselves: PASS, the rate compared.
     again = _perf_run(reports)
     assert again["record"]["verdict"] == "PASS", again["record"]["reason"]
     assert again["record"]["baseline"]["compared"] == len(RATES)
 
-    # Twice the measured rates: FAIL, naming each figure, what was expected and what came.
+    # Twice the measured rate: FAIL, naming the figure, what was expected and what came.
     data = json.loads(path.read_text())
     for entry in data["checks"]:
         for name in RATES:
