@@ -482,7 +482,7 @@ int vh_map_unmap_loop(int container_fd, uint64_t vaddr, uint64_t iova, uint64_t 
 	vh_hist_reset(&r->lat);
 	cpu0 = vh_clock(CLOCK_THREAD_CPUTIME_ID);
 	start = vh_now();
-	end = start + run_ns;
+	end = run_ns > UINT64_MAX - start ? UINT64_MAX : start + run_ns;
 	do {
 		t0 = vh_now();
 		if (ioctl(container_fd, VFIO_IOMMU_MAP_DMA, &map)) {
