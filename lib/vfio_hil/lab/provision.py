@@ -24,6 +24,12 @@ from vfio_hil.lab.rack import VirtualRack
 ANSIBLE_DIR = Path(__file__).with_name("ansible")
 PACKAGE_DIR = Path(vfio_hil.__file__).parent
 DUT_PACKAGES = ("core", "dut")
+#: Where Ansible's persistent SSH connections live. The socket is named by ssh's ``%C`` (a hash
+#: of the address, port and user ssh resolved), not by Ansible's default (a hash of the
+#: inventory name): every virtual rack reaches its ``vdut0`` through an alias of that name, so
+#: under Ansible's default one rack's plays reused another rack's live connection and ran on
+#: the other machine.
+SSH_CONTROL_DIR = Path.home() / ".ansible" / "cp"
 
 
 def build_dut_zip(dest: Path) -> Path:
@@ -156,12 +162,16 @@ class Provisioner:
         names = [h.name for h in hosts]
         ident = f"{playbook.removesuffix('.yml')}-{names[0] if len(names) == 1 else 'all'}"
         inventory = self._write_inventory(hosts, ident)
+        SSH_CONTROL_DIR.mkdir(parents=True, exist_ok=True)
         env = {
             "ANSIBLE_LIBRARY": str(ANSIBLE_DIR / "library"),
             "ANSIBLE_PIPELINING": "True",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
-            "ANSIBLE_SSH_ARGS": "-C -o ControlMaster=auto -o ControlPersist=120s",
+            "ANSIBLE_SSH_ARGS": (
+                "-C -o ControlMaster=auto -o ControlPersist=120s "
+                f"-o ControlPath={SSH_CONTROL_DIR}/vfio-hil-%C"
+            ),
             "ANSIBLE_TIMEOUT": "60",
             "ANSIBLE_FORKS": str(max(5, len(hosts))),
             # ansible-runner starts ansible-playbook by name: use this interpreter's.
