@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 PLAYBOOKS = Path(__file__).resolve().parents[3] / "lib/vfio_hil/lab/ansible/playbooks"
-LOCAL_MODULES = {"vfio_hil_facts", "vfio_pci_bind"}
+LOCAL_MODULES = {"vfio_hil_deploy", "vfio_hil_facts", "vfio_pci_bind"}
 TASK_KEYWORDS = {"name", "register", "when", "changed_when", "failed_when", "vars"}
 
 
