@@ -104,6 +104,7 @@ def test_exact_landing(dut_device: DeviceLease, iommu_backend: str, evidence: An
     spec=f"{VFIO_RST}: Groups, Devices, and IOMMUs",
     needs=WRITER,
     backends=ALL_BACKENDS,
+    provokes_iommu_fault=True,
 )
 def test_unmapped_write(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """An IOVA nothing is mapped at must lead nowhere. The IOVA used is the physical address
@@ -129,6 +130,7 @@ def test_unmapped_write(dut_device: DeviceLease, iommu_backend: str, evidence: A
     spec=f"{VFIO_RST}: Groups, Devices, and IOMMUs",
     needs=READER,
     backends=ALL_BACKENDS,
+    provokes_iommu_fault=True,
 )
 def test_unmapped_read(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """Isolation also covers reads: a device reading an unmapped IOVA (the physical address
@@ -149,6 +151,7 @@ def test_unmapped_read(dut_device: DeviceLease, iommu_backend: str, evidence: An
     spec=f"include/uapi/linux/vfio.h VFIO_IOMMU_UNMAP_DMA; {VFIO_RST}",
     needs=WRITER,
     backends=ALL_BACKENDS,
+    provokes_iommu_fault=True,
 )
 def test_dma_after_unmap(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """After UNMAP_DMA returns, the device must no longer reach the memory, although it is
@@ -172,6 +175,7 @@ def test_dma_after_unmap(dut_device: DeviceLease, iommu_backend: str, evidence: 
     spec=f"{MAP_SPEC} VFIO_DMA_MAP_FLAG_READ",
     needs=WRITER,
     backends=ALL_BACKENDS,
+    provokes_iommu_fault=True,
 )
 def test_read_only_mapping(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """A mapping made with VFIO_DMA_MAP_FLAG_READ only gives the device read access: the
@@ -213,6 +217,7 @@ def _peer(dut_device: DeviceLease) -> DutDevice | None:
     spec=f"{VFIO_RST}: Groups, Devices, and IOMMUs",
     needs=WRITER,
     backends=ALL_BACKENDS,
+    provokes_iommu_fault=True,
 )
 def test_cross_container(
     dut_device: DeviceLease, iommu_backend: str, vfio_lab: Lab, evidence: Any

@@ -16,32 +16,56 @@ KERNEL_TROUBLE = re.compile(
 )
 
 
+def _read_records(fd: int) -> List[Tuple[int, str]]:
+    """The kernel log records ``fd`` (an open /dev/kmsg) has not read yet, as (sequence
+    number, message)."""
+    records = []
+    while True:
+        try:
+            raw = os.read(fd, 8192)
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                break
+            if exc.errno == errno.EPIPE:  # overwritten while we read: go on
+                continue
+            raise
+        head, _, message = raw.decode("utf-8", "replace").partition(";")
+        fields = head.split(",")
+        records.append((int(fields[1]), message.splitlines()[0] if message else ""))
+    return records
+
+
 def _kmsg_records() -> List[Tuple[int, str]]:
     """Every record in the kernel log buffer as (sequence number, message)."""
-    records = []
     fd = os.open(KMSG, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        while True:
-            try:
-                raw = os.read(fd, 8192)
-            except OSError as exc:
-                if exc.errno == errno.EAGAIN:
-                    break
-                if exc.errno == errno.EPIPE:  # overwritten while we read: go on
-                    continue
-                raise
-            head, _, message = raw.decode("utf-8", "replace").partition(";")
-            fields = head.split(",")
-            records.append((int(fields[1]), message.splitlines()[0] if message else ""))
+        return _read_records(fd)
     finally:
         os.close(fd)
-    return records
+
+
+class _KmsgTail:
+    """The newest kernel log sequence number, kept by reading only the records logged since
+    the last look (the agent lives across calls, and so does this): the cursor taken before
+    every check does not re-read the whole log buffer."""
+
+    fd: Optional[int] = None
+    newest = -1
+
+    @classmethod
+    def newest_seq(cls) -> int:
+        """The newest record's sequence number (-1 while the log is empty)."""
+        if cls.fd is None:
+            cls.fd = os.open(KMSG, os.O_RDONLY | os.O_NONBLOCK)
+        records = _read_records(cls.fd)
+        if records:
+            cls.newest = records[-1][0]
+        return cls.newest
 
 
 def kmsg_cursor() -> int:
     """The sequence number of the newest kernel log record (-1 when empty)."""
-    records = _kmsg_records()
-    return records[-1][0] if records else -1
+    return _KmsgTail.newest_seq()
 
 
 def kmsg_since(cursor: int) -> Dict[str, Any]:
@@ -80,4 +104,14 @@ def device_state(bdf: str) -> Dict[str, Any]:
         "group_type": _read(f"/sys/kernel/iommu_groups/{group}/type") if group else None,
         "enable": _read(f"{base}/enable"),
         "power_state": _read(f"{base}/power_state"),
+    }
+
+
+def after_check(cursor: int, bdf: Optional[str] = None) -> Dict[str, Any]:
+    """The evidence of a check that began at kernel log ``cursor``, in one call: the kernel
+    log since (:func:`kmsg_since`) under ``kernel_log``, and under ``sysfs`` the state of
+    device ``bdf`` (:func:`device_state`), None without a device."""
+    return {
+        "kernel_log": kmsg_since(cursor),
+        "sysfs": None if bdf is None else device_state(bdf),
     }

@@ -20,8 +20,9 @@ import mmap
 import os
 import struct
 import time
+from collections import deque
 from contextlib import ExitStack
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Deque, Dict, List, Optional, Tuple
 
 from ..core import sysfs
 from ..core.backend import IommuBackend
@@ -53,8 +54,11 @@ _SENTINEL_CHUNKS = 32
 _CHUNK = 1 << 20
 #: VT-d's fault handler draws three tokens from a rate limit of 10 per 5 s for every fault
 #: (the status line, the fault record, and the empty-record read that ends its loop), so only
-#: three faults per 5 s window are logged whole: provoked faults are paced to stay under that.
-_FAULT_SPACING_S = 1.75
+#: three faults per 5 s window are logged whole: provoked faults are paced so that no window
+#: of 5 s (and a margin for the handler's delay) holds more than three. The kernel's window
+#: starts at some fault and every fault in it lies within such a window after that one.
+_FAULTS_PER_WINDOW = 3
+_FAULT_WINDOW_S = 5.25
 _FAULT_WAIT_S = 2.0
 
 
@@ -92,19 +96,21 @@ def faults_for(lines: List[str], bdf: str, iova: int, access: str) -> List[str]:
 class FaultWatch:
     """The IOMMU fault records the kernel logs from now on."""
 
-    #: When the last fault was provoked (the DUT agent lives across calls: so does this).
-    _last_provoked = 0.0
+    #: When the latest faults were provoked (the DUT agent lives across calls: so does this).
+    _provoked: ClassVar[Deque[float]] = deque(maxlen=_FAULTS_PER_WINDOW)
 
     def __init__(self) -> None:
         self.cursor = evidence.kmsg_cursor()
 
     @classmethod
     def pace(cls) -> None:
-        """Wait, if needed, so that the fault about to be provoked is not rate-limited."""
-        wait = cls._last_provoked + _FAULT_SPACING_S - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        cls._last_provoked = time.monotonic()
+        """Wait, if needed, so that the fault about to be provoked is not rate-limited: until
+        the oldest of the last three provoked faults is a window ago."""
+        if len(cls._provoked) == _FAULTS_PER_WINDOW:
+            wait = cls._provoked[0] + _FAULT_WINDOW_S - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        cls._provoked.append(time.monotonic())
 
     def wait_for(self, bdf: str, iova: int, access: str) -> List[str]:
         """The fault lines for ``bdf`` at ``iova`` logged since the watch began; waits a little

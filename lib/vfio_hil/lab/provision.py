@@ -6,8 +6,11 @@ Every play's artifacts (stdout, events) stay in the run's report folder under ``
 
 from __future__ import annotations
 
+import base64
 import os
+import py_compile
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,7 @@ import ansible_runner
 import yaml
 
 import vfio_hil
+from vfio_hil.lab.channel import DUT_ZIP_PATH
 from vfio_hil.lab.errors import InventoryError, ProvisioningError
 from vfio_hil.lab.inventory import DEVICE_MODELS, DeviceModel, Host, Inventory
 from vfio_hil.lab.rack import VirtualRack
@@ -24,21 +28,51 @@ from vfio_hil.lab.rack import VirtualRack
 ANSIBLE_DIR = Path(__file__).with_name("ansible")
 PACKAGE_DIR = Path(vfio_hil.__file__).parent
 DUT_PACKAGES = ("core", "dut")
-#: The files of those packages a DUT runs: Python, and the compiled hot path (abi3).
-DUT_FILES = ("*.py", "_hotpath*.so")
+#: Where Ansible's persistent SSH connections live. The socket is named by ssh's ``%C`` (a hash
+#: of the address, port and user ssh resolved), not by Ansible's default (a hash of the
+#: inventory name): every virtual rack reaches its ``vdut0`` through an alias of that name, so
+#: under Ansible's default one rack's plays reused another rack's live connection and ran on
+#: the other machine.
+SSH_CONTROL_DIR = Path.home() / ".ansible" / "cp"
+#: The compiled hot path (a stable-ABI extension built at install time): shipped in the zip,
+#: so a DUT needs no compiler (``vfio_hil.core.perf.hotpath`` loads it from there).
+DUT_NATIVE = "_hotpath*.so"
 
 
 def build_dut_zip(dest: Path) -> Path:
-    """Zip the DUT-side part of ``vfio_hil`` (core library and DUT functions) for deployment,
-    with the compiled hot path built at install time (the DUT needs no compiler)."""
+    """Zip the DUT-side part of ``vfio_hil`` (core library and DUT functions) for deployment.
+
+    Each module goes in as source and as bytecode of this Python (checked against the
+    source's hash): a DUT Python of the same version imports without compiling, which costs
+    seconds on a slow DUT and is paid again by every child process a check starts; any other
+    version finds the bytecode's magic wrong and compiles the source.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.write(PACKAGE_DIR / "__init__.py", "vfio_hil/__init__.py")
-        for sub in DUT_PACKAGES:
-            for pattern in DUT_FILES:
-                for path in sorted((PACKAGE_DIR / sub).rglob(pattern)):
-                    zf.write(path, f"vfio_hil/{path.relative_to(PACKAGE_DIR)}")
+    sources, natives = [PACKAGE_DIR / "__init__.py"], []
+    for sub in DUT_PACKAGES:
+        sources += sorted((PACKAGE_DIR / sub).rglob("*.py"))
+        natives += sorted((PACKAGE_DIR / sub).rglob(DUT_NATIVE))
+    with tempfile.TemporaryDirectory() as tmp:
+        _zip_sources(dest, sources, Path(tmp) / "module.pyc")
+        with zipfile.ZipFile(dest, "a", zipfile.ZIP_DEFLATED) as zf:
+            for path in natives:
+                zf.write(path, f"vfio_hil/{path.relative_to(PACKAGE_DIR)}")
     return dest
+
+
+def _zip_sources(dest: Path, sources: list[Path], scratch_pyc: Path) -> None:
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sources:
+            arcname = f"vfio_hil/{path.relative_to(PACKAGE_DIR)}"
+            zf.write(path, arcname)
+            pyc = py_compile.compile(
+                str(path),
+                cfile=str(scratch_pyc),
+                dfile=f"{DUT_ZIP_PATH}/{arcname}",
+                doraise=True,
+                invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+            )
+            zf.write(pyc, f"{arcname}c")
 
 
 def _hex(text: str | None) -> int | None:
@@ -130,9 +164,6 @@ class Provisioner:
         """Connection and vfio-hil variables of one host for the generated inventory."""
         hvars = {k: v for k, v in host.vars.items() if not k.startswith("vm_")}
         hvars["vfio_hil_device_bdfs"] = [d.bdf for d in host.devices]
-        if self._dut_zip is None:
-            self._dut_zip = build_dut_zip(self.work_dir / "vfio_hil_dut.zip")
-        hvars["vfio_hil_dut_zip"] = str(self._dut_zip)
         if host.virtual:
             assert self.rack is not None
             target = self.rack.ssh_target(host.name)
@@ -143,29 +174,46 @@ class Provisioner:
             )
         return hvars
 
-    def _write_inventory(self, hosts: list[Host], ident: str) -> Path:
+    def dut_package(self) -> str:
+        """The DUT-side package (zip, built once, kept in the work dir) as base64, the way
+        setup.yml's ``vfio_hil_deploy`` takes it."""
+        if self._dut_zip is None:
+            self._dut_zip = build_dut_zip(self.work_dir / "vfio_hil_dut.zip")
+        return base64.b64encode(self._dut_zip.read_bytes()).decode("ascii")
+
+    def _write_inventory(
+        self, hosts: list[Host], ident: str, group_vars: dict[str, Any] | None = None
+    ) -> Path:
         path = self.work_dir / f"inventory-{ident}.yml"
-        data = {"all": {"hosts": {h.name: self.host_vars(h) for h in hosts}}}
+        data: dict[str, Any] = {"all": {"hosts": {h.name: self.host_vars(h) for h in hosts}}}
+        if group_vars:
+            data["all"]["vars"] = group_vars
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
-    def run_play(self, hosts: list[Host], playbook: str) -> dict[str, dict[str, Any]]:
-        """Run one playbook against ``hosts`` (in parallel, Ansible forks); return
-        ``{host: {task name: result}}``.
+    def run_play(
+        self, hosts: list[Host], playbook: str, group_vars: dict[str, Any] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Run one playbook against ``hosts`` (in parallel, Ansible forks), with ``group_vars``
+        set for all of them; return ``{host: {task name: result}}``.
 
         Raises ProvisioningError naming the host, the task and Ansible's message on a failed
         task or an unreachable host.
         """
         names = [h.name for h in hosts]
         ident = f"{playbook.removesuffix('.yml')}-{names[0] if len(names) == 1 else 'all'}"
-        inventory = self._write_inventory(hosts, ident)
+        inventory = self._write_inventory(hosts, ident, group_vars)
+        SSH_CONTROL_DIR.mkdir(parents=True, exist_ok=True)
         env = {
             "ANSIBLE_LIBRARY": str(ANSIBLE_DIR / "library"),
             "ANSIBLE_PIPELINING": "True",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
-            "ANSIBLE_SSH_ARGS": "-C -o ControlMaster=auto -o ControlPersist=120s",
+            "ANSIBLE_SSH_ARGS": (
+                "-C -o ControlMaster=auto -o ControlPersist=120s "
+                f"-o ControlPath={SSH_CONTROL_DIR}/vfio-hil-%C"
+            ),
             "ANSIBLE_TIMEOUT": "60",
             "ANSIBLE_FORKS": str(max(5, len(hosts))),
             # ansible-runner starts ansible-playbook by name: use this interpreter's.
@@ -220,7 +268,8 @@ class Provisioner:
         """Deploy the DUT library and bind the devices' IOMMU groups to vfio-pci; return the
         platform facts gathered afterwards."""
         self.log(f"{host.name}: provisioning (setup.yml: bind {len(host.devices)} devices)")
-        return self.run_play([host], "setup.yml")[host.name]["platform facts"]["platform"]
+        plays = self.run_play([host], "setup.yml", {"vfio_hil_dut_package": self.dut_package()})
+        return plays[host.name]["platform facts"]["platform"]
 
     def teardown(self, hosts: list[Host]) -> dict[str, dict[str, Any]]:
         """Give every device bound by setup back to its original driver; return

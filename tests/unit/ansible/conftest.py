@@ -34,6 +34,12 @@ def facts_mod() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def deploy_mod() -> ModuleType:
+    """The vfio_hil_deploy module."""
+    return load_module("vfio_hil_deploy")
+
+
+@pytest.fixture(scope="session")
 def bind_mod() -> ModuleType:
     """The vfio_pci_bind module."""
     return load_module("vfio_pci_bind")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 PLAYBOOKS = Path(__file__).resolve().parents[3] / "lib/vfio_hil/lab/ansible/playbooks"
-LOCAL_MODULES = {"vfio_hil_facts", "vfio_pci_bind"}
+LOCAL_MODULES = {"vfio_hil_deploy", "vfio_hil_facts", "vfio_pci_bind"}
 TASK_KEYWORDS = {"name", "register", "when", "changed_when", "failed_when", "vars"}
 
 
@@ -47,7 +47,7 @@ def test_setup_checks_devices_first_and_ends_with_platform_facts() -> None:
     assert tasks[0] == (
         "device presence",
         "vfio_hil_facts",
-        {"devices": "{{ vfio_hil_device_bdfs }}"},
+        {"devices": "{{ vfio_hil_device_bdfs }}", "python": "{{ vfio_hil_python }}"},
     )
     assert names[-2:] == ["bind devices", "platform facts"]
     assert tasks[-2][1:] == (

@@ -3,10 +3,14 @@ data."""
 
 from __future__ import annotations
 
+from collections import deque
+from types import SimpleNamespace
+
 import pytest
 
+from vfio_hil.dut import isolation
 from vfio_hil.dut.common import parse_fault
-from vfio_hil.dut.isolation import _nonzero_random, dma_fault, faults_for, pfn_of
+from vfio_hil.dut.isolation import FaultWatch, _nonzero_random, dma_fault, faults_for, pfn_of
 
 INTEL_61 = (
     "DMAR: [DMA Write NO_PASID] Request device [00:04.0] fault addr 0x41da000 "
@@ -88,3 +92,25 @@ def test_sentinel_bytes_cannot_look_like_a_failed_transfer() -> None:
     data = _nonzero_random(4096)
     assert len(data) == 4096
     assert 0 not in data and 0xFF not in data
+
+
+def test_pace_lets_three_faults_through_per_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three faults go at once; the fourth waits until the first is a window (5 s and a
+    margin) ago, so no 5 s window of the kernel's rate limit holds more than three."""
+    now = [100.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    clock = SimpleNamespace(monotonic=lambda: now[0], sleep=sleep)
+    monkeypatch.setattr(isolation, "time", clock)
+    monkeypatch.setattr(FaultWatch, "_provoked", deque(maxlen=3))
+    provoked = []
+    for step in (0.0, 0.5, 0.5, 0.5, 3.0, 4.0):
+        now[0] += step
+        FaultWatch.pace()
+        provoked.append(round(now[0], 2))
+
+    assert provoked == [100.0, 100.5, 101.0, 105.25, 108.25, 112.25]
+    windows = [[t for t in provoked if start <= t < start + 5.0] for start in provoked]
+    assert max(len(w) for w in windows) <= 3

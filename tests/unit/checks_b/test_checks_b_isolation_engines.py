@@ -20,6 +20,7 @@ import ctypes
 import importlib.util
 import inspect
 import sys
+from collections import deque
 from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
@@ -320,7 +321,7 @@ class Machine:
             "kmsg_since",
             lambda cursor: {"lines": self.log[cursor + 1 :], "trouble": []},
         )
-        monkeypatch.setattr(FaultWatch, "_last_provoked", 0.0)
+        monkeypatch.setattr(FaultWatch, "_provoked", deque(maxlen=3))
         for module in (isolation, engine_api, edu, controller):  # all read one clock
             monkeypatch.setattr(module, "time", self.clock)
 

@@ -30,8 +30,7 @@ class FakeChannel:
     def call(self, func, **kwargs):
         answers = {
             "evidence.kmsg_cursor": 0,
-            "evidence.kmsg_since": {"lines": [], "trouble": []},
-            "evidence.device_state": {},
+            "evidence.after_check": {"kernel_log": {"lines": [], "trouble": []}, "sysfs": {}},
             "probes.group_attach": {},
             "engines.describe": {"engine": "nvme", "capabilities": [], "identity": IDENTITY},
         }

@@ -26,6 +26,12 @@ options:
     type: list
     elements: str
     required: false
+  python:
+    description:
+      - A Python interpreter of the DUT (the one the DUT agent runs on); the module
+        reports under C(python_cffi) whether it imports cffi.
+    type: str
+    required: false
 """
 
 EXAMPLES = r"""
@@ -45,6 +51,10 @@ platform:
     vfio_params, vfio_loaded, dev_vfio.
   returned: always
   type: dict
+python_cffi:
+  description: whether the interpreter named by C(python) imports cffi.
+  returned: when python is given
+  type: bool
 """
 
 BDF_RE = re.compile(
@@ -264,7 +274,10 @@ def main() -> None:
     from ansible.module_utils.basic import AnsibleModule
 
     module = AnsibleModule(
-        argument_spec={"devices": {"type": "list", "elements": "str"}},
+        argument_spec={
+            "devices": {"type": "list", "elements": "str"},
+            "python": {"type": "str"},
+        },
         supports_check_mode=True,
     )
     dmesg_text = ""
@@ -284,7 +297,12 @@ def main() -> None:
         module.fail_json(msg=str(exc), platform=platform)
     if missing:
         module.fail_json(msg=missing_message(missing, socket.gethostname()), platform=platform)
-    module.exit_json(changed=False, platform=platform)
+    extra = {}
+    if module.params["python"]:
+        # Asked here rather than in a task of its own: each task costs seconds on a slow DUT.
+        rc, _, _ = module.run_command([module.params["python"], "-c", "import cffi"])
+        extra["python_cffi"] = rc == 0
+    module.exit_json(changed=False, platform=platform, **extra)
 
 
 if __name__ == "__main__":
