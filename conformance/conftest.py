@@ -13,12 +13,12 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("vfio-hil PERF")
     group.addoption(
-        "--perf-seconds", type=float, default=1.0,
-        help="measured time per PERF workload (default 1 s: short, so a run stays fast)",
+        "--perf-seconds", type=float, default=0.5,
+        help="measured time per PERF workload (default 0.5 s: short, so a run stays fast)",
     )  # fmt: skip
     group.addoption(
-        "--perf-warmup", type=float, default=0.25,
-        help="unmeasured warm-up before each PERF workload (default 0.25 s)",
+        "--perf-warmup", type=float, default=0.1,
+        help="unmeasured warm-up before each PERF workload (default 0.1 s)",
     )  # fmt: skip
 
 

@@ -29,7 +29,8 @@ options:
   python:
     description:
       - A Python interpreter of the DUT (the one the DUT agent runs on); the module
-        reports under C(python_cffi) whether it imports cffi.
+        reports under C(python_cffi) whether it imports cffi, and under C(fio) whether
+        fio is installed.
     type: str
     required: false
 """
@@ -53,6 +54,10 @@ platform:
   type: dict
 python_cffi:
   description: whether the interpreter named by C(python) imports cffi.
+  returned: when python is given
+  type: bool
+fio:
+  description: whether fio is on the DUT's PATH.
   returned: when python is given
   type: bool
 """
@@ -302,6 +307,8 @@ def main() -> None:
         # Asked here rather than in a task of its own: each task costs seconds on a slow DUT.
         rc, _, _ = module.run_command([module.params["python"], "-c", "import cffi"])
         extra["python_cffi"] = rc == 0
+        # fio measures the device on the kernel's driver (PERF-003); found on PATH, not run.
+        extra["fio"] = module.get_bin_path("fio") is not None
     module.exit_json(changed=False, platform=platform, **extra)
 
 
