@@ -108,15 +108,15 @@ def test_near_native(dut_device: DeviceLease, evidence: Any, figures: Any, perf_
     )  # fmt: skip
     found = _measured(vfio, evidence, Measurement.io_figures)
     iops = {m["name"]: Measurement.from_dict(m).rate for m in vfio["measurements"]}
-    kernel_runs, ratios = [], []
-    for name, block_size, depth in NEAR_NATIVE:
-        kernel = dut_device.call(
-            "kernel_io.fio_run", bdf=dut_device.bdf, rw="randread", block_size=block_size,
-            queue_depth=depth, **perf_time.kwargs(),
-        )  # fmt: skip
-        kernel_runs.append(kernel)
+    kernel_runs = dut_device.call(
+        "kernel_io.fio_runs", bdf=dut_device.bdf,
+        workloads=[("randread", size, depth) for _, size, depth in NEAR_NATIVE],
+        **perf_time.kwargs(),
+    )  # fmt: skip
+    evidence.add("kernel fio", kernel_runs)
+    ratios = []
+    for (name, _, _), kernel in zip(NEAR_NATIVE, kernel_runs):
         if not kernel["available"]:
-            evidence.add("kernel fio", kernel_runs)
             pytest.skip(f"{dut_device.bdf}: kernel side not measured: {kernel['why_not']}")
         found += _kernel_figures(f"kernel_{name}", kernel)
         kernel_iops = kernel["measurement"]["iops"]
@@ -124,7 +124,6 @@ def test_near_native(dut_device: DeviceLease, evidence: Any, figures: Any, perf_
             ratios.append(
                 Figure(f"near_native.{name}", round(iops[name] / kernel_iops, 3), "ratio", True)
             )
-    evidence.add("kernel fio", kernel_runs)
     _report(figures, vfio, found + ratios)
 
 

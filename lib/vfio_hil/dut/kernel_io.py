@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..core import sysfs
 from .ownership import bind, loaded_module, restored_binding
@@ -329,49 +329,75 @@ def fio_run(
     fio: ``rw`` (``randread`` or ``read``) of ``block_size`` bytes at ``queue_depth`` for
     ``seconds`` after ``warmup_s`` of warm-up, read-only, on its first namespace.
 
-    Returns ``dataclasses.asdict`` of a :class:`KernelIoResult`. The device goes back to the
-    driver and driver_override it had (vfio-pci) whatever happens, and the nvme module is
-    unloaded again if this call loaded it. Raises ValueError for a workload it does not run
-    and :class:`KernelIoError` when a step fails (fio failing on the device, the device not
-    going back to its driver).
+    Returns ``dataclasses.asdict`` of a :class:`KernelIoResult` (see :func:`fio_runs`)."""
+    (result,) = fio_runs(
+        bdf, [(rw, block_size, queue_depth)], seconds, warmup_s, namespace_timeout_s
+    )
+    return result
+
+
+def fio_runs(
+    bdf: str,
+    workloads: Sequence[Tuple[str, int, int]],
+    seconds: float = 2.0,
+    warmup_s: float = 0.5,
+    namespace_timeout_s: float = NAMESPACE_TIMEOUT_S,
+) -> List[Dict[str, Any]]:
+    """:func:`fio_run` for each ``(rw, block_size, queue_depth)`` of ``workloads``, one after
+    the other on one binding of the nvme driver (a rebind costs seconds on a slow host).
+
+    Returns ``dataclasses.asdict`` of a :class:`KernelIoResult` per workload. The device
+    goes back to the driver and driver_override it had (vfio-pci) whatever happens, and the
+    nvme module is unloaded again if this call loaded it. Raises ValueError for a workload it
+    does not run and :class:`KernelIoError` when a step fails (fio failing on the device, the
+    device not going back to its driver).
     """
     bdf = sysfs.normalize_bdf(bdf)
-    check_workload(rw, block_size, queue_depth, seconds, warmup_s)
-    result = KernelIoResult(bdf, rw, block_size, queue_depth, seconds, warmup_s)
+    for rw, block_size, queue_depth in workloads:
+        check_workload(rw, block_size, queue_depth, seconds, warmup_s)
+    results = [KernelIoResult(bdf, *w, seconds, warmup_s) for w in workloads]
     fio = shutil.which("fio")
     if fio is None:
-        result.why_not = f"fio is not installed on the DUT: install Debian package {FIO_PACKAGE}"
-        return asdict(result)
-    result.fio_version = _fio_version(fio, bdf)
+        return _unavailable(
+            results, f"fio is not installed on the DUT: install Debian package {FIO_PACKAGE}"
+        )
+    version = _fio_version(fio, bdf)
+    for result in results:
+        result.fio_version = version
     driver_before = sysfs.driver(bdf)
     with loaded_module(NVME_DRIVER) as missing:
         if missing:
-            result.why_not = f"the nvme driver is not available: {missing}"
-            return asdict(result)
+            return _unavailable(results, f"the nvme driver is not available: {missing}")
         with restored_binding(bdf):
-            _measure_on_nvme(fio, result, namespace_timeout_s)
+            _measure_on_nvme(fio, results, namespace_timeout_s)
     driver_after = sysfs.driver(bdf)
     if driver_after != driver_before:
         raise KernelIoError(
             "restore binding", bdf, f"was on {driver_before}, left on {driver_after or 'no driver'}"
         )
-    return asdict(result)
+    return [asdict(r) for r in results]
 
 
-def _measure_on_nvme(fio: str, result: KernelIoResult, namespace_timeout_s: float) -> None:
-    """Bind ``result.bdf`` to nvme, wait for its namespace and measure it; ``why_not`` when
-    one of those cannot be done. The caller restores the binding."""
-    result.driver = bind(result.bdf, NVME_DRIVER)
-    if result.driver != NVME_DRIVER:
-        result.why_not = (
-            f"the nvme driver did not bind {result.bdf} (left on {result.driver or 'no driver'})"
-        )
-        return
-    result.block_device = wait_for_namespace(result.bdf, namespace_timeout_s)
-    if result.block_device is None:
-        result.why_not = (
-            f"no namespace block device of {result.bdf} appeared within "
-            f"{namespace_timeout_s:g} s on the nvme driver"
-        )
-        return
-    _measure(fio, result)
+def _unavailable(results: List[KernelIoResult], why: str) -> List[Dict[str, Any]]:
+    for result in results:
+        result.why_not = why
+    return [asdict(r) for r in results]
+
+
+def _measure_on_nvme(fio: str, results: List[KernelIoResult], namespace_timeout_s: float) -> None:
+    """Bind the device to nvme, wait for its namespace and measure each result's workload;
+    ``why_not`` when one of those cannot be done. The caller restores the binding."""
+    bdf = results[0].bdf
+    driver = bind(bdf, NVME_DRIVER)
+    block_device = wait_for_namespace(bdf, namespace_timeout_s) if driver == NVME_DRIVER else None
+    for result in results:
+        result.driver, result.block_device = driver, block_device
+        if driver != NVME_DRIVER:
+            result.why_not = f"the nvme driver did not bind {bdf} (left on {driver or 'no driver'})"
+        elif block_device is None:
+            result.why_not = (
+                f"no namespace block device of {bdf} appeared within "
+                f"{namespace_timeout_s:g} s on the nvme driver"
+            )
+        else:
+            _measure(fio, result)

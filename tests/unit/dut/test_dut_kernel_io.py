@@ -295,6 +295,15 @@ def test_a_run(host: FakeHost) -> None:
     assert host.driver == "vfio-pci"
 
 
+def test_several_workloads_on_one_binding(host: FakeHost) -> None:
+    results = kernel_io.fio_runs(BDF, [("randread", 4096, 1), ("randread", 4096, 32)], 1.0, 0.1)
+
+    assert [(r["queue_depth"], r["available"]) for r in results] == [(1, True), (32, True)]
+    assert host.events == ["bind nvme", "fio io_uring", "fio io_uring", "restore"]
+    assert any("--iodepth=1" in a for a in results[0]["command"])
+    assert any("--iodepth=32" in a for a in results[1]["command"])
+
+
 def test_fio_not_installed(host: FakeHost, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernel_io.shutil, "which", lambda name: None)
 

@@ -125,6 +125,23 @@ void vh_hist_add(struct vh_hist *h, uint64_t ns)
 		h->max_ns = ns;
 }
 
+/* Start a timed loop: its result zeroed, the thread's CPU clock and the wall clock read. */
+static void vh_loop_begin(struct vh_loop_result *r, uint64_t *cpu0, uint64_t *start)
+{
+	memset(r, 0, sizeof(*r));
+	vh_hist_reset(&r->lat);
+	*cpu0 = vh_clock(CLOCK_THREAD_CPUTIME_ID);
+	*start = vh_now();
+}
+
+/* End a timed loop: its elapsed and CPU time; returns its status. */
+static int vh_loop_end(struct vh_loop_result *r, uint64_t cpu0, uint64_t start)
+{
+	r->elapsed_ns = vh_now() - start;
+	r->cpu_ns = vh_clock(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+	return r->status;
+}
+
 /* ---- NVMe I/O -------------------------------------------------------------------------- */
 
 #define VH_PAGE 4096u
@@ -339,14 +356,11 @@ int vh_nvme_irq_delivery(struct vh_nvme_queue *q, const struct vh_nvme_job *job,
 {
 	uint64_t rng = job->seed | 1, cursor = 0, i, seen, fired, deadline, value, cpu0, start;
 
-	memset(r, 0, sizeof(*r));
-	vh_hist_reset(&r->lat);
+	vh_loop_begin(r, &cpu0, &start);
 	if (job->eventfd < 0 || job->queue_depth != 1 || job->io_bytes % job->block_size) {
 		r->status = -EINVAL;
 		return r->status;
 	}
-	cpu0 = vh_clock(CLOCK_THREAD_CPUTIME_ID);
-	start = vh_now();
 	while (read(job->eventfd, &value, sizeof(value)) == sizeof(value))
 		; /* a stale signal would be counted as this command's */
 	for (i = 0; i < count; i++) {
@@ -384,9 +398,7 @@ int vh_nvme_irq_delivery(struct vh_nvme_queue *q, const struct vh_nvme_job *job,
 		vh_mmio_write32(q->cq_doorbell, q->head);
 	}
 out:
-	r->elapsed_ns = vh_now() - start;
-	r->cpu_ns = vh_clock(CLOCK_THREAD_CPUTIME_ID) - cpu0;
-	return r->status;
+	return vh_loop_end(r, cpu0, start);
 }
 
 /* ---- MMIO and DMA mapping -------------------------------------------------------------- */
@@ -398,20 +410,15 @@ int vh_mmio_read_loop(uint64_t addr, uint64_t count, struct vh_loop_result *r)
 	uint64_t i, t0, cpu0, start;
 	uint32_t sink = 0;
 
-	memset(r, 0, sizeof(*r));
-	vh_hist_reset(&r->lat);
-	cpu0 = vh_clock(CLOCK_THREAD_CPUTIME_ID);
-	start = vh_now();
+	vh_loop_begin(r, &cpu0, &start);
 	for (i = 0; i < count; i++) {
 		t0 = vh_now();
 		sink ^= *reg;
 		vh_hist_add(&r->lat, vh_now() - t0);
 	}
 	r->ops = count;
-	r->elapsed_ns = vh_now() - start;
-	r->cpu_ns = vh_clock(CLOCK_THREAD_CPUTIME_ID) - cpu0;
 	(void)sink;
-	return 0;
+	return vh_loop_end(r, cpu0, start);
 }
 
 /* `count` 32-bit writes of `value` to the mmap'ed register at `addr`, each timed. */
@@ -419,19 +426,14 @@ int vh_mmio_write_loop(uint64_t addr, uint32_t value, uint64_t count, struct vh_
 {
 	uint64_t i, t0, cpu0, start;
 
-	memset(r, 0, sizeof(*r));
-	vh_hist_reset(&r->lat);
-	cpu0 = vh_clock(CLOCK_THREAD_CPUTIME_ID);
-	start = vh_now();
+	vh_loop_begin(r, &cpu0, &start);
 	for (i = 0; i < count; i++) {
 		t0 = vh_now();
 		vh_mmio_write32(addr, value);
 		vh_hist_add(&r->lat, vh_now() - t0);
 	}
 	r->ops = count;
-	r->elapsed_ns = vh_now() - start;
-	r->cpu_ns = vh_clock(CLOCK_THREAD_CPUTIME_ID) - cpu0;
-	return 0;
+	return vh_loop_end(r, cpu0, start);
 }
 
 /* `count` 4-byte preads (write: pwrites of `value`) at `offset` of the device fd. */
@@ -442,10 +444,7 @@ int vh_pio_loop(int fd, uint64_t offset, int write, uint32_t value, uint64_t cou
 	uint32_t word = value;
 	ssize_t done;
 
-	memset(r, 0, sizeof(*r));
-	vh_hist_reset(&r->lat);
-	cpu0 = vh_clock(CLOCK_THREAD_CPUTIME_ID);
-	start = vh_now();
+	vh_loop_begin(r, &cpu0, &start);
 	for (i = 0; i < count; i++) {
 		t0 = vh_now();
 		done = write ? pwrite(fd, &word, 4, (off_t)offset) : pread(fd, &word, 4, (off_t)offset);
@@ -456,9 +455,7 @@ int vh_pio_loop(int fd, uint64_t offset, int write, uint32_t value, uint64_t cou
 		vh_hist_add(&r->lat, vh_now() - t0);
 		r->ops++;
 	}
-	r->elapsed_ns = vh_now() - start;
-	r->cpu_ns = vh_clock(CLOCK_THREAD_CPUTIME_ID) - cpu0;
-	return r->status;
+	return vh_loop_end(r, cpu0, start);
 }
 
 /*
@@ -478,10 +475,7 @@ int vh_map_unmap_loop(int container_fd, uint64_t vaddr, uint64_t iova, uint64_t 
 	struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap), .iova = iova };
 	uint64_t t0, t1, cpu0, start, end;
 
-	memset(r, 0, sizeof(*r));
-	vh_hist_reset(&r->lat);
-	cpu0 = vh_clock(CLOCK_THREAD_CPUTIME_ID);
-	start = vh_now();
+	vh_loop_begin(r, &cpu0, &start);
 	end = run_ns > UINT64_MAX - start ? UINT64_MAX : start + run_ns;
 	do {
 		t0 = vh_now();
@@ -498,7 +492,5 @@ int vh_map_unmap_loop(int container_fd, uint64_t vaddr, uint64_t iova, uint64_t 
 		vh_hist_add(&r->lat, t1 - t0);
 		r->ops++;
 	} while (t1 < end && r->ops < max_ops);
-	r->elapsed_ns = vh_now() - start;
-	r->cpu_ns = vh_clock(CLOCK_THREAD_CPUTIME_ID) - cpu0;
-	return r->status;
+	return vh_loop_end(r, cpu0, start);
 }
