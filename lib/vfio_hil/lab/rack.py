@@ -493,7 +493,7 @@ class VirtualRack:
             if now > next_note:
                 self.log(f"{host}: still booting ({now - start:.0f} s)")
                 next_note = now + 30
-            time.sleep(1.0)
+            time.sleep(0.25)
 
     @staticmethod
     def _ssh_ok(host: str, state: Path) -> bool:
