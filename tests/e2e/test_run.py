@@ -83,4 +83,7 @@ def test_sigint_restores_every_device(e2e_rack: VirtualRack, tmp_path: Path) -> 
     )
     assert run.returncode == 130, run.stderr[-2000:]
     assert pci_drivers(e2e_rack, "e2e-intel") == before
-    assert dut_shell(e2e_rack, "e2e-intel", "ls /var/lib/vfio-hil/").split() == ["vfio_hil_dut.zip"]
+    # No journal left: only the deployed package (and the compiled hot path an earlier run
+    # extracted from it to load it).
+    left = set(dut_shell(e2e_rack, "e2e-intel", "ls /var/lib/vfio-hil/").split())
+    assert "vfio_hil_dut.zip" in left and left <= {"vfio_hil_dut.zip", "native"}, left
