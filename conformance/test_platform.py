@@ -3,28 +3,19 @@ firmware's IOMMU description, unsafe VFIO modes, group membership and idle IOMMU
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
+from vfio_hil.lab import iommu_options
 from vfio_hil.lab.session import HostSession
 from vfio_hil_pytest import check
 
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 
-#: Module parameters that switch a VFIO safety guarantee off, and what each one gives up.
-UNSAFE_PARAMS = {
-    "vfio_iommu_type1.allow_unsafe_interrupts": (
-        "type1 attaches groups without interrupt remapping, so a device can forge MSIs"
-    ),
-    "iommufd.allow_unsafe_interrupts": (
-        "iommufd attaches devices without interrupt remapping, so a device can forge MSIs"
-    ),
-    "vfio.enable_unsafe_noiommu_mode": (
-        "VFIO hands devices to userspace with no IOMMU at all (no DMA isolation)"
-    ),
-}
-TRUE_VALUES = ("y", "1", "on", "true")
+#: The module parameters PLAT-003 covers, with what each gives up (from the option table).
+UNSAFE_PARAMS = {rule.name: rule.why for rule in iommu_options.OPTIONS if rule.check == "PLAT-003"}
 #: Drivers that leave a group viable for VFIO (they claim no DMA API ownership): vfio-pci and
 #: its vendor variants, pci-stub, and pcieport on bridges.
 VFIO_FRIENDLY_DRIVERS = ("pci-stub", "pcieport")
@@ -35,22 +26,37 @@ IOMMU_TABLES = {"intel": ("DMAR",), "amd": ("IVRS",), "none": ("DMAR", "IVRS")}
 
 @check(
     "PLAT-001",
-    "The IOMMU is enabled and every device under test is in an IOMMU group",
+    "The IOMMU is enabled, every device under test is in an IOMMU group, and the domain VFIO "
+    "gets for it translates",
     level="MUST",
-    spec=f"{VFIO_RST}: Groups, Devices, and IOMMUs",
+    spec=f"{VFIO_RST}: Groups, Devices, and IOMMUs; drivers/vfio/vfio_iommu_type1.c attach_group",
 )
-def test_iommu_enabled(dut_host: HostSession) -> None:
+def test_iommu_enabled(dut_host: HostSession, evidence: Any) -> None:
     """Without a translating IOMMU, VFIO cannot confine a device's DMA: the group is the
-    unit of isolation, so every device handed to userspace must sit in one."""
+    unit of isolation, so every device handed to userspace must sit in one, and the domain
+    VFIO attaches the group to must translate. The check looks at that domain (an IOMMU
+    context attaches each device's group, reports its IOVA ranges and page sizes and maps a
+    page), not at the default domains the kernel gives host drivers: with ``iommu=pt`` those
+    are identity while VFIO's own are paging domains (PLAT-008 reports the defaults). Where
+    VFIO refuses the attach for want of interrupt remapping, that is PLAT-002's finding and
+    the groups are judged alone."""
     iommu = dut_host.platform["iommu"]
     assert iommu["kind"] != "none", f"no IOMMU on {dut_host.name}: /sys/class/iommu is empty"
-    assert iommu["translation"], (
-        f"the {iommu['kind']} IOMMU on {dut_host.name} does not translate DMA "
-        f"(default domain types: {iommu.get('default_domain_types')})"
-    )
     devices = dut_host.platform["devices"]
     outside = [d.bdf for d in dut_host.devices if devices.get(d.bdf, {}).get("iommu_group") is None]
     assert not outside, f"devices outside any IOMMU group: {', '.join(outside)}"
+    domains = [dut_host.vfio_domain(d.bdf) for d in dut_host.devices]
+    evidence.add("vfio_domains", [dataclasses.asdict(d) for d in domains])
+    evidence.add("host_default_domain_types", iommu.get("default_domain_types"))
+    problems = [p for p in map(iommu_options.domain_problem, domains) if p]
+    assert not problems, f"VFIO's domain does not translate on {dut_host.name}: " + "; ".join(
+        problems
+    )
+    refused = [r for r in map(iommu_options.domain_refusal, domains) if r]
+    if refused:
+        evidence.note = "VFIO's domain not seen: " + "; ".join(refused) + " (PLAT-002)"
+    else:
+        evidence.note = "; ".join(map(iommu_options.describe_domain, domains))
 
 
 @check(
@@ -68,17 +74,6 @@ def test_interrupt_remapping(dut_host: HostSession) -> None:
         f"interrupt remapping is not enabled on {dut_host.name} ({evidence}): a device could "
         "forge MSIs, so VFIO needs allow_unsafe_interrupts to attach"
     )
-
-
-def _cmdline_params(cmdline: str) -> dict[str, str]:
-    """``module.param=value`` settings of a kernel command line; the kernel treats ``-`` and
-    ``_`` in parameter names alike."""
-    params = {}
-    for token in cmdline.split():
-        name, sep, value = token.partition("=")
-        if sep and "." in name:
-            params[name.replace("-", "_")] = value
-    return params
 
 
 @check(
@@ -99,7 +94,7 @@ def test_unsafe_modes_off(dut_host: HostSession, evidence: Any) -> None:
     module not loaded yet it reads the kernel command line, which sets the parameter when
     the module loads."""
     loaded = dut_host.platform.get("vfio_params", {})
-    cmdline = _cmdline_params(dut_host.platform.get("kernel_cmdline") or "")
+    cmdline = dict(iommu_options.kernel_options(dut_host.platform.get("kernel_cmdline") or ""))
     seen = {}
     for name in UNSAFE_PARAMS:
         module = name.split(".", 1)[0]
@@ -116,7 +111,7 @@ def test_unsafe_modes_off(dut_host: HostSession, evidence: Any) -> None:
     unsafe = [
         f"{name}={s['value']} ({s['source']}): {UNSAFE_PARAMS[name]}"
         for name, s in seen.items()
-        if s["value"] is not None and s["value"].strip().lower() in TRUE_VALUES
+        if s["value"] is not None and s["value"].strip().lower() in iommu_options.TRUE_VALUES
     ]
     assert not unsafe, f"unsafe VFIO mode on {dut_host.name}: " + "; ".join(unsafe)
 
@@ -144,7 +139,15 @@ def test_group_membership(dut_host: HostSession, evidence: Any) -> None:
     API (a NIC, a storage controller) makes the group unusable for VFIO, and moving it to
     vfio-pci takes it from the host. The evidence lists every group of every device under
     test and the driver of each member; the check fails when a member is on any driver but
-    vfio-pci (or a vfio-pci variant), pci-stub or pcieport, or on none."""
+    vfio-pci (or a vfio-pci variant), pci-stub or pcieport, or on none, and when the kernel
+    says PCIe ACS overrides are enabled (the out-of-tree ``pcie_acs_override``): then groups
+    no longer tell which devices are isolated from each other."""
+    override = dut_host.iommu_state().log.get("acs_override", [])
+    evidence.add("acs_override", override)
+    assert not override, (
+        f"PCIe ACS overrides are enabled on {dut_host.name} ({override[0]}): the kernel splits "
+        "groups whose devices can still reach each other peer to peer (pcie_acs_override)"
+    )
     states = {d.bdf: dut_host.call("evidence.device_state", bdf=d.bdf) for d in dut_host.devices}
     evidence.add(
         "groups",
@@ -229,3 +232,96 @@ def test_no_idle_iommu_faults(dut_host: HostSession, evidence: Any) -> None:
         assert not faults, (
             f"{len(faults)} IOMMU fault(s) on {dut_host.name} {what}; first: {faults[0]['line']}"
         )
+
+
+def _remapping_on(dut_host: HostSession) -> None:
+    if not dut_host.platform["interrupt_remapping"]["enabled"]:
+        pytest.skip(f"interrupt remapping is off on {dut_host.name} (PLAT-002)")
+
+
+@check(
+    "PLAT-007",
+    "Interrupt remapping isolates each device's interrupts: source-ids verified, "
+    "compatibility-format interrupts blocked",
+    level="MUST",
+    spec=(
+        "Intel VT-d spec 9.10 (IRTE SVT/SQ/SID), 5.1.4 (compatibility format, GCMD.CFI); "
+        "drivers/iommu/intel/irq_remapping.c set_irte_sid, iommu_set_irq_remapping; "
+        "docs/iommu-options.md"
+    ),
+)
+def test_interrupt_isolation(dut_host: HostSession, evidence: Any) -> None:
+    """Interrupt remapping protects the host only if a device cannot use another's remapping
+    entries and cannot bypass the table: on Intel, every IRTE must verify the requester's
+    source-id (``intremap=nosid`` turns that off for every entry, MSIs included) and
+    compatibility-format interrupts must be blocked (the kernel warns when they stay
+    enabled). AMD remaps through a table per device, so the source is inherent. The check
+    fails naming every option or state that weakens the protection while remapping stays on;
+    the remapping mode (x2APIC or xAPIC), the source validation and each unit's capability
+    bits are the evidence."""
+    _remapping_on(dut_host)
+    kind = dut_host.platform["iommu"]["kind"]
+    state = dut_host.iommu_state()
+    isolation = iommu_options.interrupt_isolation(state, kind)
+    evidence.add("interrupt_isolation", isolation.to_dict())
+    evidence.add("kernel_log", {k: v for k, v in state.log.items() if v})
+    assert not isolation.weakens, (
+        f"interrupt remapping on {dut_host.name} does not isolate devices' interrupts: "
+        + "; ".join(isolation.weakens)
+    )
+    evidence.note = (
+        f"{kind} remapping in {isolation.mode or 'an unlogged'} mode, source validation "
+        f"{isolation.source_validation}"
+    )
+
+
+@check(
+    "PLAT-008",
+    "The host's default DMA domains, and where they are weaker than VFIO's own",
+    level="INFO",
+    spec="drivers/iommu/iommu.c iommu_subsys_init (iommu.passthrough, iommu.strict); "
+    "docs/iommu-options.md",
+)
+def test_host_default_domains(dut_host: HostSession, evidence: Any) -> None:
+    """Host drivers get the kernel's default domain type (``DMA``, ``DMA-FQ`` for lazy
+    IOTLB flushing, ``identity`` with ``iommu=pt``), VFIO a paging domain of its own that it
+    flushes synchronously. Weaker defaults do not weaken VFIO's guarantees (PLAT-001 judges
+    those), but they leave the devices on host drivers less protected: reported here with
+    the kernel's reason, and every IOMMU-related option of the command line classified by
+    the suite's option table."""
+    iommu = dut_host.platform["iommu"]
+    if iommu["kind"] == "none":
+        pytest.skip(f"no IOMMU on {dut_host.name}, so no default domains (PLAT-001)")
+    state = dut_host.iommu_state()
+    findings = iommu_options.classify(state.cmdline, iommu["kind"])
+    evidence.add("default_domain_types", iommu.get("default_domain_types"))
+    evidence.add("kernel_options", [f.to_dict() for f in findings])
+    evidence.add("kernel_log", {k: state.log[k] for k in ("default_domain", "tlb_policy")})
+    notes = iommu_options.host_default_notes(
+        iommu.get("default_domain_types") or {}, state, findings
+    )
+    if notes:
+        evidence.note = "host defaults weaker than VFIO's own domains: " + "; ".join(notes)
+
+
+@check(
+    "PLAT-009",
+    "Interrupt posting: offered by the IOMMU, and used by the kernel",
+    level="INFO",
+    spec="Intel VT-d spec 9.11 (posted-interrupt IRTE), CAP.PI; AMD IOMMU spec 2.2.5 "
+    "(guest virtual APIC), EFR GASup/GAMSup; drivers/iommu/intel/irq_remapping.c",
+)
+def test_interrupt_posting(dut_host: HostSession, evidence: Any) -> None:
+    """With posting, the IOMMU delivers an assigned device's interrupts straight to a
+    running vCPU instead of through the host. The check reports whether every unit offers it
+    (VT-d CAP.PI; AMD GA with the virtual APIC mode) and whether the kernel uses it
+    (``intremap=nopost``, ``amd_iommu_intr=legacy`` and a missing remapping turn it off)."""
+    kind = dut_host.platform["iommu"]["kind"]
+    if kind == "none":
+        pytest.skip(f"no IOMMU on {dut_host.name} to post interrupts (PLAT-001)")
+    remapping = dut_host.platform["interrupt_remapping"]["enabled"]
+    posting = iommu_options.interrupt_posting(dut_host.iommu_state(), kind, remapping)
+    evidence.add("interrupt_posting", posting.to_dict())
+    offered = {True: "offered", False: "not offered", None: "unknown"}[posting.offered]
+    used = {True: "used", False: "not used", None: "unknown"}[posting.used]
+    evidence.note = f"interrupt posting {offered}, {used}: {posting.why}"

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vfio_hil.dut.iommu_state import IommuState, VfioDomain
 from vfio_hil.lab.ansible.library.vfio_hil_facts import cpu_model
-from vfio_hil.lab.channel import DutChannel, DutVfioError, LocalDutChannel, SshDutChannel
+from vfio_hil.lab.channel import DutChannel, LocalDutChannel, SshDutChannel
 from vfio_hil.lab.errors import HilError
 from vfio_hil.lab.inventory import DutDevice, Host, Inventory, load_inventory
 from vfio_hil.lab.provision import Provisioner, device_identity
@@ -37,10 +38,10 @@ class HostSession:
     platform: dict[str, Any]
     channel: DutChannel
     devices: list[DutDevice] = field(default_factory=list)
-    _attach_probed: bool = False
-    _attach_refusal: str | None = None
     _engines: dict[str, dict[str, Any]] = field(default_factory=dict)
     _backends: dict[str, str] | None = None
+    _domains: dict[str, VfioDomain] = field(default_factory=dict)
+    _iommu_state: IommuState | None = None
 
     @property
     def name(self) -> str:
@@ -54,12 +55,13 @@ class HostSession:
     def vfio_unusable(self, bdf: str) -> str | None:
         """Why VFIO cannot drive ``bdf`` on this platform at all, or None when it can.
 
-        Covers what platform checks report (no IOMMU group, interrupt remapping missing), so
-        device checks can SKIP there instead of FAILing for a guarantee not theirs.
+        Covers what platform checks report (no IOMMU, no IOMMU group, interrupt remapping
+        missing), so device checks can SKIP there instead of FAILing for a guarantee not
+        theirs. Judged by the domain VFIO gets, not by the host drivers' default domains:
+        with ``iommu=pt`` those are identity, and VFIO still isolates.
         """
-        iommu = self.platform.get("iommu", {})
-        if iommu.get("kind") == "none" or not iommu.get("translation"):
-            return f"no translating IOMMU on {self.name} (PLAT-001)"
+        if self.platform.get("iommu", {}).get("kind") == "none":
+            return f"no IOMMU on {self.name} (PLAT-001)"
         facts = self.platform.get("devices", {}).get(bdf)
         if facts is None:
             return f"{bdf} is not present on {self.name}"
@@ -67,10 +69,30 @@ class HostSession:
             return f"{bdf} is in no IOMMU group: no working IOMMU on {self.name} (PLAT-001)"
         if facts.get("driver") != "vfio-pci":
             return f"{bdf} is not bound to vfio-pci (driver: {facts.get('driver')})"
-        if not self._attach_probed:
-            self._attach_refusal = self._probe_attach(bdf)
-            self._attach_probed = True
-        return self._attach_refusal
+        domain = self.vfio_domain(bdf)
+        refusal = domain.refusal or {}
+        # type1 refuses an IOMMU without interrupt remapping unless unsafe interrupts are
+        # allowed: that is PLAT-002's finding. Any other refusal is the check's own.
+        if refusal.get("ioctl") == "VFIO_SET_IOMMU" and refusal.get("errno") == 1:
+            return (
+                f"VFIO_SET_IOMMU refused with EPERM on {self.name}: no interrupt "
+                "remapping and unsafe interrupts not allowed (PLAT-002)"
+            )
+        if refusal.get("noiommu"):
+            return f"{bdf} is in a no-IOMMU group on {self.name} (PLAT-001)"
+        return None
+
+    def vfio_domain(self, bdf: str) -> VfioDomain:
+        """The domain a VFIO IOMMU context gets for ``bdf``'s group (asked once per run)."""
+        if bdf not in self._domains:
+            self._domains[bdf] = VfioDomain.from_dict(self.call("iommu_state.vfio_domain", bdf=bdf))
+        return self._domains[bdf]
+
+    def iommu_state(self) -> IommuState:
+        """The remapping units, command line and telling kernel log lines (asked once)."""
+        if self._iommu_state is None:
+            self._iommu_state = IommuState.from_dict(self.call("iommu_state.iommu_state"))
+        return self._iommu_state
 
     def engine(self, bdf: str) -> dict[str, Any]:
         """The DMA engine ``bdf`` offers, as the DUT's probe found it (asked once per run):
@@ -95,19 +117,6 @@ class HostSession:
         if self._backends is None:
             self._backends = self.call("engines.backends")
         return self._backends
-
-    def _probe_attach(self, bdf: str) -> str | None:
-        try:
-            self.call("probes.group_attach", bdf=bdf)
-        except DutVfioError as exc:
-            # type1 refuses an IOMMU without interrupt remapping unless unsafe interrupts
-            # are allowed: that is PLAT-002's finding. Any other refusal is the check's own.
-            if exc.ioctl == "VFIO_SET_IOMMU" and exc.errno == 1:
-                return (
-                    f"VFIO_SET_IOMMU refused with EPERM on {self.name}: no interrupt "
-                    "remapping and unsafe interrupts not allowed (PLAT-002)"
-                )
-        return None
 
 
 @dataclass

@@ -1,0 +1,223 @@
+"""What the IOMMU and interrupt remapping of this host really give VFIO, as the DUT sees it.
+
+Two measurements, judged on the controller (:mod:`vfio_hil.lab.iommu_options`):
+
+- :func:`vfio_domain`: the domain a VFIO IOMMU context actually gets for a device's group
+  (attached, IOVA ranges, page sizes, a page mapped and unmapped), beside the default
+  domain the kernel gave the group for host drivers. The two differ on purpose: with
+  ``iommu=pt`` host drivers get an identity domain, while vfio_iommu_type1 and iommufd
+  attach the group to a paging domain of their own.
+- :func:`iommu_state`: the remapping units' capability registers as sysfs shows them, the
+  kernel command line, and the kernel log lines that tell the default domain type, the TLB
+  invalidation policy, the interrupt-remapping mode and any warning that weakens it.
+
+The decoders are pure functions over strings, unit-tested on what the rack's kernels print.
+Python 3.9+, stdlib only besides the core library.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..core import sysfs
+from ..core.backend import ContainerBackend, open_iommu
+from ..core.dma import DmaBuffer
+from ..core.errors import BackendUnavailableError, UnsafeModeError, VfioError
+from . import evidence
+
+SYSFS_IOMMU = "/sys/class/iommu"
+CMDLINE = "/proc/cmdline"
+
+#: Kernel log lines worth keeping, by topic, with where the kernel prints them.
+LOG_TOPICS: Dict[str, re.Pattern[str]] = {
+    # drivers/iommu/iommu.c iommu_subsys_init()
+    "default_domain": re.compile(r"iommu: Default domain type: (\w+)"),
+    "tlb_policy": re.compile(r"DMA domain TLB invalidation policy: (\w+) mode"),
+    # drivers/iommu/intel/iommu.c: caching mode forces strict invalidation.
+    # drivers/iommu/amd/iommu.c: likewise under a hypervisor.
+    "strict_forced": re.compile(
+        r"IOMMU batching disallowed due to virtualization|Using strict mode due to virtualization"
+    ),
+    # drivers/iommu/intel/irq_remapping.c intel_enable_irq_remapping()
+    "ir_mode": re.compile(r"Enabled IRQ remapping in (x2apic|xapic) mode"),
+    # drivers/iommu/amd/init.c: "Interrupt remapping enabled", "X2APIC enabled",
+    # "Virtual APIC enabled"; the extended features it found.
+    "amd_ir": re.compile(r"AMD-Vi: (Interrupt remapping enabled|X2APIC enabled)"),
+    "amd_vapic": re.compile(r"AMD-Vi: Virtual APIC enabled"),
+    "amd_features": re.compile(r"AMD-Vi: Extended features \("),
+    # drivers/iommu/intel/irq_remapping.c iommu_set_irq_remapping(): CFI still set after
+    # the kernel cleared it, so compatibility-format MSIs bypass remapping.
+    "cfi": re.compile(r"Compatibility-format IRQs enabled despite intr remapping"),
+    # drivers/iommu/intel/irq_remapping.c: remapping given up on firmware opt-out or errata.
+    "ir_disabled": re.compile(
+        r"(?:IRQ|interrupt) remapping (?:was )?disabled|Not enabling interrupt remapping",
+        re.IGNORECASE,
+    ),
+    # The out-of-tree pcie_acs_override patch (Arch, Proxmox and others carry it): the kernel
+    # pretends ACS isolation where the hardware has none, so groups are split too finely.
+    "acs_override": re.compile(r"ACS overrides enabled"),
+}
+_KEEP_PER_TOPIC = 4
+
+
+@dataclass
+class IommuUnit:
+    """One remapping unit in /sys/class/iommu with the registers sysfs exposes, as integers
+    (Intel: ``cap``, ``ecap``; AMD: ``efr``, ``efr2`` from ``amd-iommu/features``)."""
+
+    name: str
+    registers: Dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IommuState:
+    """The remapping units, the kernel command line and the telling kernel log lines
+    (``log`` by topic of :data:`LOG_TOPICS`; ``log_from_boot`` is False when the log buffer
+    has wrapped past the boot messages, so an absent line proves nothing)."""
+
+    cmdline: str
+    units: List[IommuUnit]
+    log: Dict[str, List[str]]
+    log_from_boot: bool
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> IommuState:
+        """Rebuild the state from :func:`iommu_state`'s answer."""
+        return cls(
+            cmdline=data["cmdline"],
+            units=[IommuUnit(**u) for u in data["units"]],
+            log=dict(data["log"]),
+            log_from_boot=data["log_from_boot"],
+        )
+
+
+@dataclass
+class VfioDomain:
+    """What a VFIO IOMMU context got for ``bdf``'s group.
+
+    ``host_default`` is the group's default domain type for host drivers (sysfs
+    ``iommu_groups/N/type``: ``DMA``, ``DMA-FQ``, ``identity``...). ``refusal`` names the
+    ioctl, errno and message when the context could not take the group; otherwise
+    ``attached`` is True, ``iova_ranges`` are the usable IOVA ranges (first, last),
+    ``page_sizes`` the IOMMU page size bitmap (container backends), and ``mapped`` tells
+    whether one page was mapped into the domain and unmapped again.
+    """
+
+    bdf: str
+    group: Optional[int]
+    host_default: Optional[str]
+    backend: Optional[str] = None
+    attached: bool = False
+    refusal: Optional[Dict[str, Any]] = None
+    iova_ranges: List[Tuple[int, int]] = field(default_factory=list)
+    page_sizes: Optional[int] = None
+    mapped: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> VfioDomain:
+        """Rebuild the result from :func:`vfio_domain`'s answer."""
+        return cls(**{**data, "iova_ranges": [tuple(r) for r in data["iova_ranges"]]})
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def unit_registers(files: Dict[str, Optional[str]]) -> Dict[str, int]:
+    """Decode the register files of a unit's sysfs folder.
+
+    ``files`` maps a file (``intel-iommu/cap``, ``intel-iommu/ecap``, ``amd-iommu/features``)
+    to its content or None. Intel's are plain hex; AMD's ``features`` is ``EFR2:EFR`` in hex
+    since 6.x (a single EFR before), both without ``0x``.
+    """
+    registers: Dict[str, int] = {}
+    for name in ("cap", "ecap"):
+        text = files.get(f"intel-iommu/{name}")
+        if text:
+            registers[name] = int(text, 16)
+    features = files.get("amd-iommu/features")
+    if features:
+        high, sep, low = features.partition(":")
+        registers["efr"] = int(low if sep else high, 16)
+        if sep:
+            registers["efr2"] = int(high, 16)
+    return registers
+
+
+def log_topics(lines: List[str]) -> Dict[str, List[str]]:
+    """The kernel log ``lines`` that match each of :data:`LOG_TOPICS` (a few per topic)."""
+    found: Dict[str, List[str]] = {topic: [] for topic in LOG_TOPICS}
+    for line in lines:
+        for topic, pattern in LOG_TOPICS.items():
+            if pattern.search(line) and len(found[topic]) < _KEEP_PER_TOPIC:
+                found[topic].append(line.strip())
+    return found
+
+
+def iommu_state() -> Dict[str, Any]:
+    """This host's :class:`IommuState`, as a dict."""
+    units = []
+    for name in sorted(os.listdir(SYSFS_IOMMU)) if os.path.isdir(SYSFS_IOMMU) else []:
+        base = os.path.join(SYSFS_IOMMU, name)
+        files = {
+            rel: _read(os.path.join(base, rel))
+            for rel in ("intel-iommu/cap", "intel-iommu/ecap", "amd-iommu/features")
+        }
+        units.append(IommuUnit(name, unit_registers(files)))
+    lines = evidence.kmsg_since(-1)["lines"]
+    state = IommuState(
+        cmdline=_read(CMDLINE) or "",
+        units=units,
+        log=log_topics(lines),
+        # The kernel's first record is its banner; without it the buffer has wrapped.
+        log_from_boot=bool(lines) and lines[0].startswith("Linux version"),
+    )
+    return asdict(state)
+
+
+def vfio_domain(bdf: str, backend: str = "auto") -> Dict[str, Any]:
+    """Open an IOMMU context (``backend`` as :func:`~vfio_hil.core.backend.open_iommu`
+    takes it), attach ``bdf``'s group, and describe the domain it got: a
+    :class:`VfioDomain` as a dict. A refusal by the kernel is the answer, not an error."""
+    bdf = sysfs.normalize_bdf(bdf)
+    try:
+        group: Optional[int] = sysfs.iommu_group(bdf)
+    except FileNotFoundError:
+        group = None
+    result = VfioDomain(
+        bdf=bdf,
+        group=group,
+        host_default=_read(f"/sys/kernel/iommu_groups/{group}/type") if group is not None else None,
+    )
+    if group is None:
+        return asdict(result)
+    try:
+        with open_iommu(backend) as iommu:
+            result.backend = iommu.name
+            iommu.open_device(bdf)
+            result.attached = True
+            result.iova_ranges = [(r.start, r.last) for r in iommu.iova_ranges()]
+            if isinstance(iommu, ContainerBackend):
+                result.page_sizes = iommu.container.info().iova_pgsizes
+            with DmaBuffer(4096) as buffer, iommu.map_buffer(buffer):
+                result.mapped = True
+    except VfioError as exc:
+        result.refusal = {
+            "ioctl": exc.ioctl,
+            "errno": exc.errno,
+            "target": exc.target,
+            "message": str(exc),
+        }
+    except UnsafeModeError as exc:
+        # The group is a no-IOMMU group: VFIO would hand the device over untranslated.
+        result.refusal = {"ioctl": None, "errno": None, "noiommu": True, "message": str(exc)}
+    except BackendUnavailableError as exc:
+        result.refusal = {"ioctl": None, "errno": None, "message": str(exc)}
+    return asdict(result)
