@@ -416,7 +416,7 @@ def run_iso(
         Machine(engine, broken).install(monkeypatch)
         devices = [DutDevice(HOST, bdf, engine) for bdf in (DUT, PEER)]
         platform = {
-            "iommu": {"kind": "intel", "translation": True},
+            "iommu": {"kind": "intel"},
             "devices": {
                 d.bdf: {"iommu_group": group, "driver": "vfio-pci"}
                 for group, d in enumerate(devices, start=4)

@@ -8,7 +8,7 @@ from vfio_hil.lab.inventory import Host
 from vfio_hil.lab.session import DeviceLease, HostSession
 
 FACTS = {
-    "iommu": {"kind": "intel", "translation": True},
+    "iommu": {"kind": "intel"},
     "devices": {
         "0000:3b:00.0": {
             "vendor": "0x144d", "device": "0xa808", "subsystem_vendor": "0x144d",
@@ -31,7 +31,11 @@ class FakeChannel:
         answers = {
             "evidence.kmsg_cursor": 0,
             "evidence.after_check": {"kernel_log": {"lines": [], "trouble": []}, "sysfs": {}},
-            "probes.group_attach": {},
+            "iommu_state.vfio_domain": {
+                "bdf": kwargs.get("bdf"), "group": 12, "host_default": "DMA", "backend": "type1v2",
+                "attached": True, "refusal": None, "iova_ranges": [[0, 0xFEDFFFFF]],
+                "page_sizes": 0x40201000, "mapped": True,
+            },
             "engines.describe": {"engine": "nvme", "capabilities": [], "identity": IDENTITY},
         }
         return answers[func]

@@ -45,7 +45,7 @@ RETURN = r"""
 platform:
   description: >-
     kernel_release, kernel_cmdline, cpu_model, firmware {vendor, version,
-    date}, iommu {kind, units, translation,
+    date}, iommu {kind, units,
     group_count, default_domain_types}, interrupt_remapping {enabled,
     evidence}, iommu_groups, devices {vendor, device, subsystem_vendor,
     subsystem_device, class, revision, driver, iommu_group, is_bridge},
@@ -139,20 +139,19 @@ def read_iommu_groups(root: str) -> dict[str, list[str]]:
 
 
 def read_iommu(root: str) -> dict[str, Any]:
-    """Describe the IOMMU units and whether DMA goes through translation."""
+    """Describe the IOMMU units and the default domain types the kernel gave host drivers
+    (whether VFIO's own domains translate is judged on the DUT: PLAT-001)."""
     units = list_dir(os.path.join(root, "sys/class/iommu"))
     groups_dir = os.path.join(root, "sys/kernel/iommu_groups")
     groups = [name for name in list_dir(groups_dir) if name.isdigit()]
     domain_types: dict[str, int] = {}
     for name in groups:
-        # Kernels before 5.11 have no "type" file; their groups still imply a
-        # translating IOMMU unless booted with iommu=pt, which cannot be told.
+        # Kernels before 5.11 have no "type" file.
         kind = read_text(os.path.join(groups_dir, name, "type")) or "unknown"
         domain_types[kind] = domain_types.get(kind, 0) + 1
     return {
         "kind": iommu_kind(units),
         "units": units,
-        "translation": any(kind != "identity" for kind in domain_types),
         "group_count": len(groups),
         "default_domain_types": domain_types,
     }
