@@ -466,9 +466,23 @@ def _bit(registers: dict[str, int], name: str, bit: int) -> bool | None:
     return None if name not in registers else bool(registers[name] >> bit & 1)
 
 
+def remapping_kind(state: IommuState, kind: str) -> str:
+    """Whose interrupt remapping runs: the IOMMU's ``kind``, or where no unit is registered
+    for DMA remapping (``intel_iommu=off`` leaves interrupt remapping on), the vendor the
+    kernel log names."""
+    if kind in ("intel", "amd"):
+        return kind
+    if state.log.get("ir_mode"):
+        return "intel"
+    if state.log.get("amd_ir"):
+        return "amd"
+    return kind
+
+
 def interrupt_isolation(state: IommuState, kind: str) -> InterruptIsolation:
     """Judge the isolation interrupt remapping gives, from the units' registers, the kernel
     log and the command line (call only where remapping is enabled: PLAT-002)."""
+    kind = remapping_kind(state, kind)
     findings = effective_options(classify(state.cmdline, kind), "PLAT-007")
     weakens = [f"{f.option}: {f.rule.why}" for f in findings if f.rule]
     units = {}

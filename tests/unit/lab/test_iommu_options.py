@@ -227,3 +227,12 @@ def test_an_attach_refused_for_remapping_is_not_a_translation_problem() -> None:
     refused = _domain(refusal={"ioctl": "VFIO_SET_IOMMU", "errno": 1, "message": "[Errno 1] EPERM"})
     assert opts.domain_problem(refused) is None
     assert opts.domain_refusal(refused) == "VFIO_SET_IOMMU refused group 3 ([Errno 1] EPERM)"
+
+
+def test_remapping_without_dma_remapping_is_judged_by_its_vendor() -> None:
+    """intel_iommu=off registers no unit, but interrupt remapping stays on."""
+    state = intel("intel_iommu=off intremap=nosid")
+    state.units = []
+    isolation = opts.interrupt_isolation(state, "none")
+    assert isolation.kind == "intel" and isolation.mode == "xapic"
+    assert isolation.weakens and isolation.weakens[0].startswith("intremap=nosid")
