@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from vfio_hil.dut.iommu_state import DeviceIrqChips as IrqChips
 from vfio_hil.lab import iommu_options
 from vfio_hil.lab.session import HostSession
 from vfio_hil_pytest import check
@@ -256,18 +257,26 @@ def test_interrupt_isolation(dut_host: HostSession, evidence: Any) -> None:
     source-id (``intremap=nosid`` turns that off for every entry, MSIs included) and
     compatibility-format interrupts must be blocked (the kernel warns when they stay
     enabled). AMD remaps through a table per device, so the source is inherent. The check
-    fails naming every option or state that weakens the protection while remapping stays on;
-    the remapping mode (x2APIC or xAPIC), the source validation and each unit's capability
-    bits are the evidence."""
+    fails naming every option or state that weakens the protection while remapping stays on,
+    and when a vector VFIO enables for a device under test is delivered through a host chip
+    outside remapping (/proc/interrupts shows ``IR-`` chips for remapped vectors); the
+    remapping mode (x2APIC or xAPIC), the source validation, each unit's capability bits and
+    each device's vectors are the evidence."""
     _remapping_on(dut_host)
     kind = dut_host.platform["iommu"]["kind"]
     state = dut_host.iommu_state()
     isolation = iommu_options.interrupt_isolation(state, kind)
     evidence.add("interrupt_isolation", isolation.to_dict())
     evidence.add("kernel_log", {k: v for k, v in state.log.items() if v})
-    assert not isolation.weakens, (
+    usable = [d.bdf for d in dut_host.devices if dut_host.vfio_unusable(d.bdf) is None]
+    chips = [
+        IrqChips.from_dict(dut_host.call("iommu_state.device_irq_chips", bdf=bdf)) for bdf in usable
+    ]
+    evidence.add("device_vectors", [dataclasses.asdict(c) for c in chips])
+    weakens = isolation.weakens + iommu_options.vectors_not_remapped(chips)
+    assert not weakens, (
         f"interrupt remapping on {dut_host.name} does not isolate devices' interrupts: "
-        + "; ".join(isolation.weakens)
+        + "; ".join(weakens)
     )
     evidence.note = (
         f"{kind} remapping in {isolation.mode or 'an unlogged'} mode, source validation "

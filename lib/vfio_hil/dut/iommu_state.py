@@ -22,14 +22,19 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..core import sysfs
+from ..core import sysfs, uapi
 from ..core.backend import ContainerBackend, open_iommu
 from ..core.dma import DmaBuffer
 from ..core.errors import BackendUnavailableError, UnsafeModeError, VfioError
 from . import evidence
+from .mapping import device_in_container
 
 SYSFS_IOMMU = "/sys/class/iommu"
 CMDLINE = "/proc/cmdline"
+PROC_INTERRUPTS = "/proc/interrupts"
+#: The message-signalled IRQ indexes, most capable first, and how vfio-pci names their
+#: vectors in /proc/interrupts (vfio_msi_set_vector_signal: "vfio-msix[0](0000:00:06.0)").
+MESSAGE_INDEXES = ((uapi.VFIO_PCI_MSIX_IRQ_INDEX, "msix"), (uapi.VFIO_PCI_MSI_IRQ_INDEX, "msi"))
 
 #: Kernel log lines worth keeping, by topic, with where the kernel prints them.
 LOG_TOPICS: Dict[str, re.Pattern[str]] = {
@@ -221,3 +226,47 @@ def vfio_domain(bdf: str, backend: str = "auto") -> Dict[str, Any]:
     except BackendUnavailableError as exc:
         result.refusal = {"ioctl": None, "errno": None, "message": str(exc)}
     return asdict(result)
+
+
+@dataclass
+class DeviceIrqChips:
+    """The host interrupt chips that deliver ``bdf``'s vectors while VFIO has them enabled:
+    ``chips`` by /proc/interrupts line (``IR-PCI-MSIX-...`` goes through interrupt
+    remapping; ``PCI-MSIX-...`` does not). ``index`` is ``msix``, ``msi``, or None when the
+    device offers neither."""
+
+    bdf: str
+    index: Optional[str]
+    chips: Dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> DeviceIrqChips:
+        """Rebuild the result from :func:`device_irq_chips`'s answer."""
+        return cls(**data)
+
+
+def interrupt_chips(text: str, name: str) -> Dict[str, str]:
+    """The chip of each /proc/interrupts line whose action is ``name`` (as ``vfio-msix[0](bdf)``):
+    ``{line's action: chip}``. The chip is the first column after the per-CPU counts."""
+    lines = text.splitlines()
+    cpus = len(lines[0].split()) if lines else 0
+    chips = {}
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) > cpus + 1 and name in fields[-1]:
+            chips[fields[-1]] = fields[cpus + 1]
+    return chips
+
+
+def device_irq_chips(bdf: str) -> Dict[str, Any]:
+    """Enable one MSI-X (else MSI) vector of ``bdf`` through VFIO and read which host chip
+    delivers it: a :class:`DeviceIrqChips` as a dict."""
+    bdf = sysfs.normalize_bdf(bdf)
+    with device_in_container(bdf) as (_container, device):
+        for index, name in MESSAGE_INDEXES:
+            if device.irq_info(index).count:
+                with device.irq_eventfds(index, 1), open(PROC_INTERRUPTS) as fh:
+                    chips = interrupt_chips(fh.read(), f"vfio-{name}[")
+                found = {action: chip for action, chip in chips.items() if f"({bdf})" in action}
+                return asdict(DeviceIrqChips(bdf, name, found))
+    return asdict(DeviceIrqChips(bdf, None))

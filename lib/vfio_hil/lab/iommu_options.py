@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vfio_hil.dut.iommu_state import IommuState, VfioDomain
+from vfio_hil.dut.iommu_state import DeviceIrqChips, IommuState, VfioDomain
 
 KEEPS, WEAKENS, BREAKS, IRRELEVANT = "keeps", "weakens", "breaks", "irrelevant"
 EFFECTS = (KEEPS, WEAKENS, BREAKS, IRRELEVANT)
@@ -513,6 +513,23 @@ def interrupt_isolation(state: IommuState, kind: str) -> InterruptIsolation:
     else:
         mode, source, compat = None, "unknown for this IOMMU", "unknown"
     return InterruptIsolation(kind, mode, source, compat, weakens, units)
+
+
+def vectors_not_remapped(devices: list[DeviceIrqChips]) -> list[str]:
+    """The vectors VFIO enabled that the host delivers through a chip outside interrupt
+    remapping (an ``IR-`` chip remaps), and devices whose vectors did not show up at all."""
+    problems = []
+    for device in devices:
+        if device.index is None:
+            continue
+        if not device.chips:
+            problems.append(f"{device.bdf}: no {device.index} vector in /proc/interrupts")
+        problems.extend(
+            f"{action} is delivered through {chip}, not through interrupt remapping"
+            for action, chip in device.chips.items()
+            if not chip.startswith("IR-")
+        )
+    return problems
 
 
 # -- interrupt posting ----------------------------------------------------------------------

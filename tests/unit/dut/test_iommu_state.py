@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from vfio_hil.dut.iommu_state import IommuState, IommuUnit, VfioDomain, log_topics, unit_registers
+from vfio_hil.dut.iommu_state import (
+    IommuState,
+    IommuUnit,
+    VfioDomain,
+    interrupt_chips,
+    log_topics,
+    unit_registers,
+)
 
 
 def test_intel_registers_are_plain_hex() -> None:
@@ -49,3 +56,21 @@ def test_results_survive_the_channel_as_dicts() -> None:
     # JSON turns the ranges into lists; from_dict gives tuples back.
     data = {**dataclasses.asdict(domain), "iova_ranges": [[0, 4095]]}
     assert VfioDomain.from_dict(data) == domain
+
+
+PROC_INTERRUPTS = """           CPU0       CPU1
+  0:        190          0   IR-IO-APIC    2-edge      timer
+ 24:          0          0   IR-PCI-MSIX-0000:00:06.0    0-edge      vfio-msix[0](0000:00:06.0)
+ 25:          3          0   PCI-MSI-0000:00:04.0    0-edge      vfio-msi[0](0000:00:04.0)
+ 26:          9          1   IR-PCI-MSIX-0000:00:06.0    1-edge      nvme0q1
+"""
+
+
+def test_interrupt_chips_of_vfio_vectors() -> None:
+    assert interrupt_chips(PROC_INTERRUPTS, "vfio-msix[") == {
+        "vfio-msix[0](0000:00:06.0)": "IR-PCI-MSIX-0000:00:06.0"
+    }
+    assert interrupt_chips(PROC_INTERRUPTS, "vfio-msi[") == {
+        "vfio-msi[0](0000:00:04.0)": "PCI-MSI-0000:00:04.0"
+    }
+    assert interrupt_chips("", "vfio-msi[") == {}

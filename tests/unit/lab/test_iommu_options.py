@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from vfio_hil.dut.iommu_state import IommuState, IommuUnit, VfioDomain, log_topics
+from vfio_hil.dut.iommu_state import DeviceIrqChips, IommuState, IommuUnit, VfioDomain, log_topics
 from vfio_hil.lab import iommu_options as opts
 
 INTEL_LOG = [
@@ -236,3 +236,15 @@ def test_remapping_without_dma_remapping_is_judged_by_its_vendor() -> None:
     isolation = opts.interrupt_isolation(state, "none")
     assert isolation.kind == "intel" and isolation.mode == "xapic"
     assert isolation.weakens and isolation.weakens[0].startswith("intremap=nosid")
+
+
+def test_vectors_outside_remapping_are_named() -> None:
+    remapped = DeviceIrqChips("0000:00:06.0", "msix", {"vfio-msix[0](0000:00:06.0)": "IR-PCI-MSIX"})
+    bypass = DeviceIrqChips("0000:00:04.0", "msi", {"vfio-msi[0](0000:00:04.0)": "PCI-MSI"})
+    missing = DeviceIrqChips("0000:00:07.0", "msix", {})
+    none = DeviceIrqChips("0000:00:08.0", None)
+    assert opts.vectors_not_remapped([remapped, none]) == []
+    assert opts.vectors_not_remapped([bypass, missing]) == [
+        "vfio-msi[0](0000:00:04.0) is delivered through PCI-MSI, not through interrupt remapping",
+        "0000:00:07.0: no msix vector in /proc/interrupts",
+    ]
