@@ -3,6 +3,8 @@ remapping units and kernel log lines the PLAT checks judge."""
 
 from __future__ import annotations
 
+import pytest
+
 from vfio_hil.core import sysfs
 from vfio_hil.dut import iommu_state
 
@@ -25,3 +27,13 @@ def test_the_state_names_every_unit_and_the_remapping_mode() -> None:
     if state.log_from_boot:
         assert state.log["default_domain"]
         assert state.log["ir_mode"] or state.log["amd_ir"]
+
+
+def test_vfio_vectors_are_delivered_through_remapping(nvme_bdf: str) -> None:
+    with open("/proc/interrupts") as fh:
+        if " IR-" not in fh.read():
+            pytest.skip("interrupt remapping is off on this DUT")
+    chips = iommu_state.DeviceIrqChips.from_dict(iommu_state.device_irq_chips(nvme_bdf))
+    assert chips.index == "msix"
+    assert list(chips.chips) == [f"vfio-msix[0]({nvme_bdf})"]
+    assert all(chip.startswith("IR-") for chip in chips.chips.values())

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from vfio_hil.lab.kernel import KernelCache, KernelImage
 
 GUEST_INIT = Path(__file__).with_name("guest") / "guest-init.sh"
 BOOT_TIMEOUT_S = 240.0
+#: Machines booted at once.
+BOOT_PARALLEL = max(2, os.cpu_count() or 2)
 QEMU = "qemu-system-x86_64"
 
 IOMMU_DEVICES = {"intel": "intel-iommu", "amd": "amd-iommu", "virtio": "virtio-iommu-pci"}
@@ -258,24 +261,39 @@ class VirtualRack:
     def up(self, names: Iterable[str] | None = None) -> list[VmStatus]:
         """Boot every (selected) virtual host that is not running; return their status.
 
-        A machine whose inventory variables changed since it booted is restarted. If any
-        machine fails to boot, the ones this call started are stopped again.
+        Machines boot in parallel, as many at once as the controller has CPUs (a TCG boot
+        keeps one busy); their kernels, keys and the accelerator probe come first, one after
+        the other. A machine
+        whose inventory variables changed since it booted is restarted. If any machine fails
+        to boot, the ones this call started are stopped again.
         """
         hosts = self.virtual_hosts(names)
-        started: list[Host] = []
+        to_boot: list[tuple[Host, KernelImage]] = []
+        for host in hosts:
+            st = self.status(host)
+            if st.running and not st.stale:
+                continue
+            if st.stale:
+                self.log(f"{host.name}: inventory changed since boot, restarting")
+                self._stop(host.name)
+            assert host.vm is not None
+            to_boot.append((host, self.kernels.get(host.vm.kernel)))
+        if to_boot:
+            # What the boots share is made here, once: the accelerator probe and the keys.
+            self.accel()
+            for host, _ in to_boot:
+                state = self.state_dir(host.name)
+                state.mkdir(parents=True, exist_ok=True)
+                self._ensure_keys(state)
         try:
-            for host in hosts:
-                st = self.status(host)
-                if st.running and not st.stale:
-                    continue
-                if st.stale:
-                    self.log(f"{host.name}: inventory changed since boot, restarting")
-                    self._stop(host.name)
-                self._boot(host)
-                started.append(host)
+            with ThreadPoolExecutor(max_workers=BOOT_PARALLEL) as pool:
+                futures = [pool.submit(self._boot, host, kernel) for host, kernel in to_boot]
+                for future in as_completed(futures):
+                    future.result()
             return [self.status(h) for h in hosts]
         except BaseException:
-            for host in started:
+            # Every future has finished (the pool waited): stop whatever did come up.
+            for host, _ in to_boot:
                 self._stop(host.name)
             raise
 
@@ -413,7 +431,7 @@ class VirtualRack:
             return host.vm.kernel
         raise RackError("the inventory has no virtual host")
 
-    def _boot(self, host: Host) -> None:
+    def _boot(self, host: Host, kernel: KernelImage) -> None:
         assert host.vm is not None
         if any(c.isspace() for c in str(self.home)):
             raise RackError(f"VFIO_HIL_HOME {self.home} holds white space; pick another path")
@@ -422,7 +440,6 @@ class VirtualRack:
         for name in ("qemu.pid", "qmp.sock", "console.log", "meta.json"):
             with contextlib.suppress(FileNotFoundError):
                 (state / name).unlink()
-        kernel = self.kernels.get(host.vm.kernel)
         accel = self.accel()
         self._ensure_keys(state)
         self.log(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +156,36 @@ def test_boot_gives_up_after_three_taken_ports(
     with pytest.raises(RackError, match=rf"could not bind its SSH port.*127\.0\.0\.1:{taken_port}"):
         vr.up(["h"])
     assert sum("retrying" in m for m in logs) == rack.PORT_ATTEMPTS - 1
+
+
+def test_machines_boot_in_parallel_and_a_failed_boot_stops_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to BOOT_PARALLEL machines boot at once; when one fails, every machine of the call is
+    stopped again (after the others finished booting) and the failure is raised."""
+    inv = tmp_path / "inv.yml"
+    hosts = "".join(f"        h{i}: {{}}\n" for i in range(4))
+    inv.write_text(f"all:\n  children:\n    virtual:\n      hosts:\n{hosts}")
+    vr = rack.VirtualRack(load_inventory(inv), home=tmp_path / "home", log=lambda _m: None)
+    monkeypatch.setattr(vr.kernels, "get", lambda _name: kernel(tmp_path))
+    monkeypatch.setattr(vr, "accel", lambda: "tcg")
+    monkeypatch.setattr(vr, "_ensure_keys", lambda _state: None)
+    monkeypatch.setattr(rack, "BOOT_PARALLEL", 2)
+    lock, running, peak, stopped = threading.Lock(), [0], [0], []
+
+    def boot(host, _kernel):  # type: ignore[no-untyped-def]
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        if host.name == "h2":
+            raise RackError("h2: guest boot failed")
+
+    monkeypatch.setattr(vr, "_boot", boot)
+    monkeypatch.setattr(vr, "_stop", stopped.append)
+    with pytest.raises(RackError, match="h2: guest boot failed"):
+        vr.up()
+    assert peak[0] == 2
+    assert sorted(stopped) == ["h0", "h1", "h2", "h3"]
