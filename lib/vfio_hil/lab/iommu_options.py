@@ -239,6 +239,13 @@ OPTIONS: tuple[OptionRule, ...] = (
         "with no IOMMU at all (needs CONFIG_VFIO_NOIOMMU; no Debian kernel has it)",
         "PLAT-003",
     ),
+    _rule(
+        "vfio_iommu_type1.allow_unsafe_interrupts=0",
+        KEEPS,
+        "the default: type1 refuses groups whose MSIs are not isolated (EPERM)",
+    ),
+    _rule("iommufd.allow_unsafe_interrupts=0", KEEPS, "the default: iommufd refuses them"),
+    _rule("vfio.enable_unsafe_noiommu_mode=0", KEEPS, "the default: no no-IOMMU mode"),
     _rule("vfio_iommu_type1.disable_hugepages=1", KEEPS, "4 KiB IOMMU pages only"),
     _rule("vfio_iommu_type1.dma_entry_limit", KEEPS, "caps the mappings per container"),
     _rule("vfio_pci.ids", IRRELEVANT, "which devices vfio-pci claims at boot"),

@@ -88,7 +88,7 @@ def test_kernel_options_split_lists_and_normalise_module_parameters() -> None:
         ("amd_iommu_intr=legacy", "amd", opts.KEEPS, None),
         ("vfio_iommu_type1.allow_unsafe_interrupts=1", "intel", opts.WEAKENS, "PLAT-003"),
         ("vfio.enable_unsafe_noiommu_mode=1", "intel", opts.BREAKS, "PLAT-003"),
-        ("vfio_iommu_type1.allow_unsafe_interrupts=0", "intel", "unclassified", None),
+        ("vfio_iommu_type1.allow_unsafe_interrupts=0", "intel", opts.KEEPS, None),
         ("pcie_acs_override=downstream", "intel", opts.WEAKENS, "PLAT-004"),
         ("intel_iommu=sm_on", "intel", opts.KEEPS, None),
         ("intremap=bogus", "intel", "unclassified", None),
