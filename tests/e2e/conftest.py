@@ -6,7 +6,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from rackutil import E2E_INVENTORY, QUICK_PERF, booted_rack, pci_drivers, run_cli
+from rackutil import (
+    E2E_INVENTORY,
+    QUICK_PERF,
+    REPEAT_HOST,
+    REUSED_HOST,
+    booted_rack,
+    pci_drivers,
+    run_cli,
+)
 
 from vfio_hil.lab.rack import VirtualRack
 
@@ -20,7 +28,8 @@ def e2e_rack() -> Iterator[VirtualRack]:
 
 @pytest.fixture(scope="session")
 def suite_run(e2e_rack: VirtualRack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One `vfio-hil run` over every e2e platform, with the PCI drivers before and after."""
+    """One `vfio-hil run` over every e2e platform, with the PCI drivers before and after;
+    the machines no later test drives are stopped after it."""
     hosts = list(e2e_rack.inventory.hosts)
     before = {h: pci_drivers(e2e_rack, h) for h in hosts}
     # Two xdist workers, each owning whole hosts: the checks of two platforms run at once.
@@ -30,4 +39,5 @@ def suite_run(e2e_rack: VirtualRack, tmp_path_factory: pytest.TempPathFactory) -
         tmp_path_factory.mktemp("reports"),
     )
     after = {h: pci_drivers(e2e_rack, h) for h in hosts}
+    e2e_rack.down([h for h in hosts if h not in (REUSED_HOST, REPEAT_HOST)])
     return {"run": run, "before": before, "after": after}

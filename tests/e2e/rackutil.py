@@ -36,6 +36,12 @@ class CliRun:
         return json.loads((self.reports / "latest" / "results.json").read_text())
 
 
+#: The e2e rack's machines the tests drive again after the suite run (test_run, test_perf,
+#: test_core_integration; the five-run repeatability test); the others are stopped once the
+#: suite run has read them, so that idle machines do not slow the rest on a 2-core controller.
+REUSED_HOST = "e2e-intel"
+REPEAT_HOST = "e2e-amd-pt"
+
 #: pytest options that keep the PERF checks short where the e2e tests only need their
 #: verdicts (their figures are judged in test_perf.py, and timed in `make bench`).
 QUICK_PERF = ["--perf-seconds", "0.3", "--perf-warmup", "0.05"]

@@ -3,10 +3,12 @@ run, `vfio-hil baseline save`, run again. A baseline of the measured figures PAS
 twice the measured rate makes the PERF check FAIL, naming the figure, the expected and the
 measured value.
 
-The judged figure is PERF-004's 4 KiB DMA map+unmap rate (tolerance 25 %, the default for
-rates; every other figure left unjudged): it is measured on the DUT's CPU alone, the
-steadiest of the PERF figures on an emulated rack shared with other VMs (the 2 MiB rate
-moved by half from one run to the next on a loaded controller)."""
+The judged figure is PERF-004's 4 KiB DMA map+unmap rate (every other figure left unjudged):
+it is measured on the DUT's CPU alone, the steadiest of the PERF figures on an emulated rack
+shared with other VMs (the 2 MiB rate moved by half from one run to the next on a loaded
+controller). Its tolerance is 40 % rather than the default 25 % for rates: with thirteen
+machines on two cores the 4 KiB rate moved by 26 % between two runs a minute apart, and a
+baseline of twice the rate (the measured figure 50 % below) still lies outside it."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.e2e
 HOST = "e2e-intel"
 CHECK = "PERF-004"
 RATES = ("dma_map_unmap_4k.rate",)
-TOLERANCES = ["--tolerance", "dma_map_unmap_4k.rate=25", "--tolerance", "*=none"]
+TOLERANCES = ["--tolerance", "dma_map_unmap_4k.rate=40", "--tolerance", "*=none"]
 
 
 def _perf_run(reports: Path) -> dict:
@@ -74,6 +76,6 @@ def test_a_baseline_judges_the_perf_check(e2e_rack: VirtualRack, tmp_path: Path)
     for name in RATES:
         expected = 2 * measured[name]
         assert f"{name}: measured " in reason
-        assert f"expected {expected:.0f} ops/s within 25%" in reason or (
-            f"expected {expected:.4g} ops/s within 25%" in reason
+        assert f"expected {expected:.0f} ops/s within 40%" in reason or (
+            f"expected {expected:.4g} ops/s within 40%" in reason
         ), reason
