@@ -40,6 +40,7 @@ RELATED = (
     "amd_iommu",
     "amd_iommu_intr",
     "intremap",
+    "nointremap",
     "nox2apic",
     "x2apic_phys",
     "vfio.",
@@ -187,6 +188,7 @@ OPTIONS: tuple[OptionRule, ...] = (
         "message; type1 refuses to attach (EPERM) unless unsafe interrupts are allowed",
         "PLAT-002",
     ),
+    _rule("nointremap", BREAKS, "older spelling of intremap=off", "PLAT-002"),
     _rule("intremap=on", KEEPS, "remapping on (the default)"),
     _rule(
         "intremap=nosid",

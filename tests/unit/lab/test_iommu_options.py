@@ -4,6 +4,8 @@ intel-iommu and amd-iommu, 2026-11-26)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vfio_hil.dut.iommu_state import DeviceIrqChips, IommuState, IommuUnit, VfioDomain, log_topics
@@ -248,3 +250,29 @@ def test_vectors_outside_remapping_are_named() -> None:
         "vfio-msi[0](0000:00:04.0) is delivered through PCI-MSI, not through interrupt remapping",
         "0000:00:07.0: no msix vector in /proc/interrupts",
     ]
+
+
+# -- the documented table ---------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "iommu-options.md"
+
+
+def _doc_rows() -> dict[str, str]:
+    """``option -> class cell`` of every kernel-option row of docs/iommu-options.md (the
+    sections before QEMU's devices)."""
+    text = DOC.read_text().split("## QEMU's IOMMU devices")[0]
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+def test_the_documented_table_and_the_data_agree() -> None:
+    rows = _doc_rows()
+    for rule in opts.OPTIONS:
+        assert rule.option in rows, f"{rule.option} is not in {DOC.name}"
+        assert rule.effect in rows[rule.option], (rule.option, rule.effect, rows[rule.option])
+    documented = {r.option for r in opts.OPTIONS}
+    assert set(rows) <= documented, set(rows) - documented
