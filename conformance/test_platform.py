@@ -16,7 +16,11 @@ from vfio_hil_pytest import check
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 
 #: The module parameters PLAT-003 covers, with what each gives up (from the option table).
-UNSAFE_PARAMS = {rule.name: rule.why for rule in iommu_options.OPTIONS if rule.check == "PLAT-003"}
+UNSAFE_PARAMS = {
+    rule.name: rule.why
+    for rule in iommu_options.OPTIONS
+    if rule.check == "PLAT-003" and rule.option != iommu_options.DENYLIST_OPTION
+}
 #: Drivers that leave a group viable for VFIO (they claim no DMA API ownership): vfio-pci and
 #: its vendor variants, pci-stub, and pcieport on bridges.
 VFIO_FRIENDLY_DRIVERS = ("pci-stub", "pcieport")
@@ -93,7 +97,8 @@ def test_unsafe_modes_off(dut_host: HostSession, evidence: Any) -> None:
     device on the host, and the kernel only warns once. For a loaded module the check reads
     the parameter's value (setup facts): a module built without it cannot be unsafe. For a
     module not loaded yet it reads the kernel command line, which sets the parameter when
-    the module loads."""
+    the module loads. vfio_pci.disable_denylist fails the check where the kernel logged that
+    it let a denied device (known exploitable errata) through to vfio-pci."""
     loaded = dut_host.platform.get("vfio_params", {})
     cmdline = dict(iommu_options.kernel_options(dut_host.platform.get("kernel_cmdline") or ""))
     seen = {}
@@ -114,6 +119,10 @@ def test_unsafe_modes_off(dut_host: HostSession, evidence: Any) -> None:
         for name, s in seen.items()
         if s["value"] is not None and s["value"].strip().lower() in iommu_options.TRUE_VALUES
     ]
+    allowed = dut_host.iommu_state().log.get("denylist_disabled", [])
+    evidence.add("denylist_bypassed", allowed)
+    if allowed:
+        unsafe.append(f"{allowed[0]} ({iommu_options.DENYLIST_OPTION})")
     assert not unsafe, f"unsafe VFIO mode on {dut_host.name}: " + "; ".join(unsafe)
 
 

@@ -61,6 +61,9 @@ LOG_TOPICS: Dict[str, re.Pattern[str]] = {
         r"(?:IRQ|interrupt) remapping (?:was )?disabled|Not enabling interrupt remapping",
         re.IGNORECASE,
     ),
+    # drivers/vfio/pci/vfio_pci.c vfio_pci_is_denylisted(): a device with known errata was
+    # let through because vfio_pci.disable_denylist is set.
+    "denylist_disabled": re.compile(r"device denylist disabled - allowing device"),
     # The out-of-tree pcie_acs_override patch (Arch, Proxmox and others carry it): the kernel
     # pretends ACS isolation where the hardware has none, so groups are split too finely.
     "acs_override": re.compile(r"ACS overrides enabled"),
@@ -70,8 +73,8 @@ _KEEP_PER_TOPIC = 4
 
 @dataclass
 class IommuUnit:
-    """One remapping unit in /sys/class/iommu with the registers sysfs exposes, as integers
-    (Intel: ``cap``, ``ecap``; AMD: ``efr``, ``efr2`` from ``amd-iommu/features``)."""
+    """One remapping unit in /sys/class/iommu with its registers, as integers (Intel:
+    ``cap``, ``ecap`` from sysfs; AMD: ``efr`` as the kernel logged it)."""
 
     name: str
     registers: Dict[str, int] = field(default_factory=dict)
@@ -136,24 +139,31 @@ def _read(path: str) -> Optional[str]:
 
 
 def unit_registers(files: Dict[str, Optional[str]]) -> Dict[str, int]:
-    """Decode the register files of a unit's sysfs folder.
+    """Decode the register files of an Intel unit's sysfs folder: ``intel-iommu/cap`` and
+    ``intel-iommu/ecap``, plain hex, to ``cap`` and ``ecap``.
 
-    ``files`` maps a file (``intel-iommu/cap``, ``intel-iommu/ecap``, ``amd-iommu/features``)
-    to its content or None. Intel's are plain hex; AMD's ``features`` is ``EFR2:EFR`` in hex
-    since 6.x (a single EFR before), both without ``0x``.
+    AMD's ``amd-iommu/features`` is not read: it shows ``EFR2:EFR`` on 6.1 and ``EFR:EFR2``
+    on later kernels, with nothing to tell the two apart (see :func:`amd_efr`).
     """
     registers: Dict[str, int] = {}
     for name in ("cap", "ecap"):
         text = files.get(f"intel-iommu/{name}")
         if text:
             registers[name] = int(text, 16)
-    features = files.get("amd-iommu/features")
-    if features:
-        high, sep, low = features.partition(":")
-        registers["efr"] = int(low if sep else high, 16)
-        if sep:
-            registers["efr2"] = int(high, 16)
     return registers
+
+
+_AMD_FEATURES = re.compile(r"Extended features \((0x[0-9a-fA-F]+|0)")
+
+
+def amd_efr(lines: List[str]) -> Optional[int]:
+    """The AMD Extended Feature Register as the kernel logged it (``AMD-Vi: Extended
+    features (EFR, EFR2): ...``, the same order on every kernel), None when not logged."""
+    for line in lines:
+        found = _AMD_FEATURES.search(line)
+        if found:
+            return int(found.group(1), 16)
+    return None
 
 
 def log_topics(lines: List[str]) -> Dict[str, List[str]]:
@@ -168,19 +178,23 @@ def log_topics(lines: List[str]) -> Dict[str, List[str]]:
 
 def iommu_state() -> Dict[str, Any]:
     """This host's :class:`IommuState`, as a dict."""
+    lines = evidence.kmsg_since(-1)["lines"]
+    topics = log_topics(lines)
+    efr = amd_efr(topics["amd_features"])
     units = []
     for name in sorted(os.listdir(SYSFS_IOMMU)) if os.path.isdir(SYSFS_IOMMU) else []:
         base = os.path.join(SYSFS_IOMMU, name)
         files = {
-            rel: _read(os.path.join(base, rel))
-            for rel in ("intel-iommu/cap", "intel-iommu/ecap", "amd-iommu/features")
+            rel: _read(os.path.join(base, rel)) for rel in ("intel-iommu/cap", "intel-iommu/ecap")
         }
-        units.append(IommuUnit(name, unit_registers(files)))
-    lines = evidence.kmsg_since(-1)["lines"]
+        registers = unit_registers(files)
+        if os.path.isdir(os.path.join(base, "amd-iommu")) and efr is not None:
+            registers["efr"] = efr
+        units.append(IommuUnit(name, registers))
     state = IommuState(
         cmdline=_read(CMDLINE) or "",
         units=units,
-        log=log_topics(lines),
+        log=topics,
         # The kernel's first record is its banner; without it the buffer has wrapped.
         log_from_boot=bool(lines) and lines[0].startswith("Linux version"),
     )

@@ -87,6 +87,8 @@ def _rule(
     return OptionRule(name, value if sep else None, effect, why, check, vendor)
 
 
+#: Harmless until a denied device is bound: PLAT-003 judges it by the kernel's log line.
+DENYLIST_OPTION = "vfio_pci.disable_denylist=1"
 UNSAFE_INTERRUPTS = "MSIs are not isolated, so a device can forge interrupts into the host"
 
 OPTIONS: tuple[OptionRule, ...] = (
@@ -264,10 +266,12 @@ OPTIONS: tuple[OptionRule, ...] = (
         "a userspace PF driver may create VFs; a VF token guards their use",
     ),
     _rule(
-        "vfio_pci.disable_denylist=1",
-        IRRELEVANT,
-        "vfio-pci may bind devices denied "
-        "for being unusable through it (Intel QAT); not an isolation matter",
+        DENYLIST_OPTION,
+        WEAKENS,
+        "vfio-pci may bind the devices it denies for known errata that untrusted users can "
+        "exploit (Intel QAT: DMA to unmapped addresses can hang the platform); judged where "
+        "the kernel logs that it let such a device through",
+        "PLAT-003",
     ),
     # -- PCI ACS (drivers/pci/pci.c, drivers/iommu/iommu.c pci_device_group) ---------------
     _rule(

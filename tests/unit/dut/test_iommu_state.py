@@ -9,6 +9,7 @@ from vfio_hil.dut.iommu_state import (
     IommuState,
     IommuUnit,
     VfioDomain,
+    amd_efr,
     interrupt_chips,
     log_topics,
     unit_registers,
@@ -20,11 +21,13 @@ def test_intel_registers_are_plain_hex() -> None:
     assert unit_registers(files) == {"cap": 0xD2008C22260286, "ecap": 0xF00F4A}
 
 
-def test_amd_features_are_efr2_then_efr() -> None:
-    assert unit_registers({"amd-iommu/features": "0:29d3"}) == {"efr": 0x29D3, "efr2": 0}
-    # Kernels before the EFR2 field print the EFR alone.
-    assert unit_registers({"amd-iommu/features": "29d3"}) == {"efr": 0x29D3}
-    assert unit_registers({"amd-iommu/features": None}) == {}
+def test_amd_features_are_not_read_from_sysfs_but_from_the_log() -> None:
+    """sysfs shows EFR2:EFR on 6.1 and EFR:EFR2 later; the log line keeps one order."""
+    assert unit_registers({"amd-iommu/features": "0:29d3"}) == {}
+    line = "[    1.745861] AMD-Vi: Extended features (0x29d3, 0x0): PreF PPR GT IA GA HE"
+    assert amd_efr(["[    1.7] AMD-Vi: Interrupt remapping enabled", line]) == 0x29D3
+    assert amd_efr(["[    1.7] AMD-Vi: Extended features (0, 0x1):"]) == 0
+    assert amd_efr([]) is None
 
 
 def test_log_topics_keep_the_telling_lines() -> None:
