@@ -215,6 +215,14 @@ def test_acpi_iommu_table(dut_host: HostSession, evidence: Any) -> None:
     assert not problems, f"malformed IOMMU table on {dut_host.name}: " + "; ".join(problems)
 
 
+def _iommu_kind(dut_host: HostSession, what: str) -> str:
+    """The host's IOMMU kind; SKIP, saying there is none ``what`` for, when it has none."""
+    kind = dut_host.platform["iommu"]["kind"]
+    if kind == "none":
+        pytest.skip(f"no IOMMU on {dut_host.name} {what} (PLAT-001)")
+    return str(kind)
+
+
 @check(
     "PLAT-006",
     "No IOMMU faults at idle: none from functions the suite does not drive, none while idle",
@@ -230,8 +238,7 @@ def test_no_idle_iommu_faults(dut_host: HostSession, evidence: Any) -> None:
     them), and on any fault logged during an idle window in which nothing is driven (a
     released device must not keep doing DMA). Faults of driven functions before the window
     are reported only: DMA isolation checks provoke them on purpose."""
-    if dut_host.platform["iommu"]["kind"] == "none":
-        pytest.skip(f"no IOMMU on {dut_host.name} to raise faults (PLAT-001)")
+    _iommu_kind(dut_host, "to raise faults")
     r = dut_host.call("platform_checks.fault_survey", driven=_driven_functions(dut_host))
     evidence.add("faults", r)
     for name, what in (
@@ -307,9 +314,8 @@ def test_host_default_domains(dut_host: HostSession, evidence: Any) -> None:
     those), but they leave the devices on host drivers less protected: reported here with
     the kernel's reason, and every IOMMU-related option of the command line classified by
     the suite's option table."""
+    _iommu_kind(dut_host, "to give host drivers default domains")
     iommu = dut_host.platform["iommu"]
-    if iommu["kind"] == "none":
-        pytest.skip(f"no IOMMU on {dut_host.name}, so no default domains (PLAT-001)")
     state = dut_host.iommu_state()
     findings = iommu_options.classify(state.cmdline, iommu["kind"])
     evidence.add("default_domain_types", iommu.get("default_domain_types"))
@@ -334,9 +340,7 @@ def test_interrupt_posting(dut_host: HostSession, evidence: Any) -> None:
     running vCPU instead of through the host. The check reports whether every unit offers it
     (VT-d CAP.PI; AMD GA with the virtual APIC mode) and whether the kernel uses it
     (``intremap=nopost``, ``amd_iommu_intr=legacy`` and a missing remapping turn it off)."""
-    kind = dut_host.platform["iommu"]["kind"]
-    if kind == "none":
-        pytest.skip(f"no IOMMU on {dut_host.name} to post interrupts (PLAT-001)")
+    kind = _iommu_kind(dut_host, "to post interrupts")
     remapping = dut_host.platform["interrupt_remapping"]["enabled"]
     posting = iommu_options.interrupt_posting(dut_host.iommu_state(), kind, remapping)
     evidence.add("interrupt_posting", posting.to_dict())

@@ -74,7 +74,9 @@ def kmsg_since(cursor: int) -> Dict[str, Any]:
     return {"lines": lines, "trouble": [m for m in lines if KERNEL_TROUBLE.search(m)]}
 
 
-def _read(path: str) -> Optional[str]:
+def read_file(path: str) -> Optional[str]:
+    """A sysfs or procfs file's content without surrounding white space; None when it cannot
+    be read."""
     try:
         with open(path) as fh:
             return fh.read().strip()
@@ -98,12 +100,12 @@ def device_state(bdf: str) -> Dict[str, Any]:
     return {
         "bdf": bdf,
         "driver": os.path.basename(driver) if driver else None,
-        "driver_override": _read(f"{base}/driver_override"),
+        "driver_override": read_file(f"{base}/driver_override"),
         "iommu_group": int(group) if group is not None else None,
         "group_members": members,
-        "group_type": _read(f"/sys/kernel/iommu_groups/{group}/type") if group else None,
-        "enable": _read(f"{base}/enable"),
-        "power_state": _read(f"{base}/power_state"),
+        "group_type": read_file(f"/sys/kernel/iommu_groups/{group}/type") if group else None,
+        "enable": read_file(f"{base}/enable"),
+        "power_state": read_file(f"{base}/power_state"),
     }
 
 

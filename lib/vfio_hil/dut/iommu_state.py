@@ -130,14 +130,6 @@ class VfioDomain:
         return cls(**{**data, "iova_ranges": [tuple(r) for r in data["iova_ranges"]]})
 
 
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path) as fh:
-            return fh.read().strip()
-    except OSError:
-        return None
-
-
 def unit_registers(files: Dict[str, Optional[str]]) -> Dict[str, int]:
     """Decode the register files of an Intel unit's sysfs folder: ``intel-iommu/cap`` and
     ``intel-iommu/ecap``, plain hex, to ``cap`` and ``ecap``.
@@ -185,14 +177,15 @@ def iommu_state() -> Dict[str, Any]:
     for name in sorted(os.listdir(SYSFS_IOMMU)) if os.path.isdir(SYSFS_IOMMU) else []:
         base = os.path.join(SYSFS_IOMMU, name)
         files = {
-            rel: _read(os.path.join(base, rel)) for rel in ("intel-iommu/cap", "intel-iommu/ecap")
+            rel: evidence.read_file(os.path.join(base, rel))
+            for rel in ("intel-iommu/cap", "intel-iommu/ecap")
         }
         registers = unit_registers(files)
         if os.path.isdir(os.path.join(base, "amd-iommu")) and efr is not None:
             registers["efr"] = efr
         units.append(IommuUnit(name, registers))
     state = IommuState(
-        cmdline=_read(CMDLINE) or "",
+        cmdline=evidence.read_file(CMDLINE) or "",
         units=units,
         log=topics,
         # The kernel's first record is its banner; without it the buffer has wrapped.
@@ -213,7 +206,9 @@ def vfio_domain(bdf: str, backend: str = "auto") -> Dict[str, Any]:
     result = VfioDomain(
         bdf=bdf,
         group=group,
-        host_default=_read(f"/sys/kernel/iommu_groups/{group}/type") if group is not None else None,
+        host_default=evidence.read_file(f"/sys/kernel/iommu_groups/{group}/type")
+        if group is not None
+        else None,
     )
     if group is None:
         return asdict(result)
