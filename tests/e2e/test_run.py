@@ -79,7 +79,7 @@ def test_sigint_restores_every_device(e2e_rack: VirtualRack, tmp_path: Path) -> 
         return pci_drivers(e2e_rack, "e2e-intel").get("0000:00:06.0") == "vfio-pci"
 
     run = interrupt_cli_when(
-        ["run", "--inventory", str(E2E_INVENTORY), "--", "-k", "e2e-intel"], tmp_path, bound
+        ["run", "--inventory", str(E2E_INVENTORY), "--limit", "e2e-intel"], tmp_path, bound
     )
     assert run.returncode == 130, run.stderr[-2000:]
     assert pci_drivers(e2e_rack, "e2e-intel") == before
