@@ -263,9 +263,8 @@ class VirtualRack:
 
         Machines boot in parallel, as many at once as the controller has CPUs (a TCG boot
         keeps one busy); their kernels, keys and the accelerator probe come first, one after
-        the other. A machine
-        whose inventory variables changed since it booted is restarted. If any machine fails
-        to boot, the ones this call started are stopped again.
+        the other. A machine whose inventory variables changed since it booted is restarted.
+        If any machine fails to boot, the ones this call started are stopped again.
         """
         hosts = self.virtual_hosts(names)
         to_boot: list[tuple[Host, KernelImage]] = []
@@ -278,16 +277,19 @@ class VirtualRack:
                 self._stop(host.name)
             assert host.vm is not None
             to_boot.append((host, self.kernels.get(host.vm.kernel)))
-        if to_boot:
-            # What the boots share is made here, once: the accelerator probe and the keys.
-            self.accel()
-            for host, _ in to_boot:
-                state = self.state_dir(host.name)
-                state.mkdir(parents=True, exist_ok=True)
-                self._ensure_keys(state)
+        if not to_boot:
+            return [self.status(h) for h in hosts]
+        # What the boots share is made here, once: the accelerator probe and the keys.
+        if any(c.isspace() for c in str(self.home)):
+            raise RackError(f"VFIO_HIL_HOME {self.home} holds white space; pick another path")
+        accel = self.accel()
+        for host, _ in to_boot:
+            state = self.state_dir(host.name)
+            state.mkdir(parents=True, exist_ok=True)
+            self._ensure_keys(state)
         try:
             with ThreadPoolExecutor(max_workers=BOOT_PARALLEL) as pool:
-                futures = [pool.submit(self._boot, host, kernel) for host, kernel in to_boot]
+                futures = [pool.submit(self._boot, h, kernel, accel) for h, kernel in to_boot]
                 for future in as_completed(futures):
                     future.result()
             return [self.status(h) for h in hosts]
@@ -431,17 +433,13 @@ class VirtualRack:
             return host.vm.kernel
         raise RackError("the inventory has no virtual host")
 
-    def _boot(self, host: Host, kernel: KernelImage) -> None:
+    def _boot(self, host: Host, kernel: KernelImage, accel: str) -> None:
+        """Boot one machine whose state folder and keys :meth:`up` has made."""
         assert host.vm is not None
-        if any(c.isspace() for c in str(self.home)):
-            raise RackError(f"VFIO_HIL_HOME {self.home} holds white space; pick another path")
         state = self.state_dir(host.name)
-        state.mkdir(parents=True, exist_ok=True)
         for name in ("qemu.pid", "qmp.sock", "console.log", "meta.json"):
             with contextlib.suppress(FileNotFoundError):
                 (state / name).unlink()
-        accel = self.accel()
-        self._ensure_keys(state)
         self.log(
             f"{host.name}: booting ({accel}, {host.vm.iommu} IOMMU, kernel {kernel.release}, "
             f"{len(host.vm.devices)} test devices)"

@@ -173,7 +173,7 @@ def test_machines_boot_in_parallel_and_a_failed_boot_stops_them_all(
     monkeypatch.setattr(rack, "BOOT_PARALLEL", 2)
     lock, running, peak, stopped = threading.Lock(), [0], [0], []
 
-    def boot(host, _kernel):  # type: ignore[no-untyped-def]
+    def boot(host, _kernel, _accel):  # type: ignore[no-untyped-def]
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
