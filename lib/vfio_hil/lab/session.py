@@ -54,8 +54,12 @@ class HostLostError(ChannelError):
     def __init__(self, reason: str, panic: list[str] | None = None) -> None:
         super().__init__(reason)
         self.panic = panic or []
-        #: Whether a check FAILed on the panic already (the later checks only ERROR).
-        self.blamed = False
+
+    def again(self) -> HostLostError:
+        """The same reason for a later use of the host: a new exception (re-raising one
+        object would grow its traceback with every check), without the panic lines (they
+        are the check's that was running)."""
+        return HostLostError(str(self))
 
 
 @dataclass
@@ -85,7 +89,7 @@ class HostSession:
     def call(self, func: str, **kwargs: Any) -> Any:
         """Run a DUT-side function on this host; HostLostError once its channel broke."""
         if self.lost is not None:
-            raise self.lost
+            raise self.lost.again()
         try:
             return self.channel.call(func, **kwargs)
         except ChannelLost as exc:
@@ -233,10 +237,11 @@ class Lab:
                     # Without its keeper the run no longer owns the host.
                     session.lost = self._diagnose(name, f"its lock keeper's {gone}")
             if session.lost is not None:
-                raise session.lost
+                raise session.lost.again()
             return session
         if name in self._failed:
-            raise self._failed[name]
+            failed = self._failed[name]
+            raise type(failed)(*failed.args)  # a new one: see HostLostError.again
         host = self.inventory.hosts[name]
         try:
             if host.virtual:
