@@ -4,16 +4,14 @@ tiny initramfs that mounts the controller's filesystem (read-only, over 9p) as t
 Nothing is installed on the controller: the kernel packages are downloaded with ``apt-get
 download`` and unpacked into the cache. A second boot of the same kernel does no apt work.
 
-Debian ships a kernel in one of three layouts, all handled alike:
+Debian ships a kernel in one of two layouts, both handled alike:
 
-- one ``linux-image-<flavour>`` package with ``/boot/vmlinuz-<release>`` and the modules
-  (bookworm's 6.1, bookworm-backports' 6.12, trixie's 6.12);
-- that package plus ``linux-base-<flavour>`` with ``config``, ``modules.builtin`` and
-  ``System.map`` (trixie-backports' 6.18);
-- a ``linux-image-<flavour>`` without files that depends on ``linux-base-<flavour>``,
-  ``linux-binary-<flavour>`` (``/usr/lib/modules/<release>/vmlinuz``) and
-  ``linux-modules-<flavour>`` (the modules, xz-compressed) (7.x in sid, experimental and
-  trixie-backports).
+- one ``linux-image-<flavour>`` package with ``/boot/vmlinuz-<release>`` and
+  ``/lib/modules/<release>`` (bookworm's 6.1, bookworm-backports' 6.12);
+- a ``linux-image-<flavour>`` package without files that depends on ``linux-base-<flavour>``
+  (``config``, ``modules.builtin``), ``linux-binary-<flavour>``
+  (``/usr/lib/modules/<release>/vmlinuz``) and ``linux-modules-<flavour>`` (the modules,
+  xz-compressed) (the 7.x kernels of sid, experimental and trixie-backports).
 
 The packages of a kernel are the ``linux-image-<flavour>`` package and every package named
 ``linux-*-<flavour>`` it depends on, directly or not; they are unpacked into one folder.
