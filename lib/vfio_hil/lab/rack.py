@@ -303,8 +303,8 @@ class VirtualRack:
         with self._locked():
             statuses = self._up(names)
             if persist:
-                for st in statuses:
-                    (self.state_dir(st.host) / "transient").unlink(missing_ok=True)
+                for host in self.virtual_hosts(names):
+                    (self.state_dir(host.name) / "transient").unlink(missing_ok=True)
             return statuses
 
     @contextlib.contextmanager

@@ -313,8 +313,8 @@ class Lab:
             panic = [line for line in console if PANIC_RE.search(line)]
             tail = "; ".join(console[-CONSOLE_TAIL:]) or "nothing new"
             if not status.running:
-                qemu = self.rack.qemu_log_tail(name)
-                why = f"QEMU exited ({qemu or 'no message'})"
+                last = self.rack.qemu_log_tail(name)
+                why = "QEMU exited" + (f" (the last line of its log: {last})" if last else "")
             else:
                 why = f"its channel broke ({error})"
             reason = f"{name} lost: {why}; console: {tail}"
@@ -365,7 +365,12 @@ class Lab:
         group = session.platform.get("devices", {}).get(device.bdf, {}).get("iommu_group")
         key = f"group-{group}" if group is not None else f"device-{device.bdf}"
         keeper = self._keepers[device.host]
-        keeper.lease(key, self.holder, self.lock_wait)
+        try:
+            keeper.lease(key, self.holder, self.lock_wait)
+        except ChannelError as exc:
+            # Without its keeper the run no longer owns the host: lost, noticed once.
+            session.lost = self._diagnose(device.host, f"its lock keeper's {exc}")
+            raise session.lost from None
         try:
             yield DeviceLease(device=device, host=session)
         finally:
