@@ -70,7 +70,7 @@ def _second_checkout(folder: Path) -> tuple[Path, dict[str, str]]:
         shutil.copytree(ROOT / part, checkout / part, ignore=ignore)
     shutil.copy2(ROOT / "pyproject.toml", checkout)
     home = folder / "home-runner2"
-    home.mkdir()
+    home.mkdir()  # long, as a CI runner's can be: the controller must cope
     env = {
         **os.environ,
         "HOME": str(home),
@@ -109,11 +109,14 @@ def _results(reports: Path) -> dict[str, Any]:
     return json.loads((reports / "latest" / "results.json").read_text())
 
 
-def _wait_for(what: str, ready: Any, proc: subprocess.Popen[str], timeout: float = 600) -> None:
+def _wait_for(
+    what: str, ready: Any, proc: subprocess.Popen[str], reports: Path, timeout: float = 600
+) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"the run ended or timed out before {what}")
+            tail = _text(reports, "stderr")[-2000:]
+            raise AssertionError(f"the run ended or timed out before {what}: {tail}")
         time.sleep(0.5)
 
 
@@ -129,7 +132,9 @@ def test_two_controllers_take_turns_and_a_short_wait_names_the_holder(
     inventory = str(shared["inventory"])
     checkout, env2 = _second_checkout(folder)
     first = _start(["run", "--inventory", inventory, "--", *SELECTION], folder / "r1", env2, True)
-    _wait_for("the first run owned the host", lambda: _owned_run_id(folder / "r1"), first)
+    _wait_for(
+        "the first run owned the host", lambda: _owned_run_id(folder / "r1"), first, folder / "r1"
+    )
     time.sleep(10)
     second = _start(["run", "--inventory", inventory, "--", *SELECTION], folder / "r2")
     impatient = _start(
@@ -171,7 +176,7 @@ def test_restore_after_a_killed_controller_and_no_stale_lock(shared: dict[str, A
         evidence = list(reports.glob("*/evidence/*.json"))
         return len(evidence) >= 3
 
-    _wait_for("three checks had run", checking, run)
+    _wait_for("three checks had run", checking, run, reports)
     os.killpg(run.pid, signal.SIGKILL)  # the CI job is killed: controller, pytest, ssh
     run.wait(60)
     assert pci_drivers(rack, RACK_HOST)[NVME_HOTPLUG] == "vfio-pci"  # left behind
@@ -194,7 +199,9 @@ def test_a_dut_lost_mid_run_is_one_reason_and_exit_3(shared: dict[str, Any]) -> 
     rack: VirtualRack = shared["rack"]
     reports = folder / "lost"
     run = _start(["run", "--inventory", str(shared["inventory"]), "--", *LONG_SELECTION], reports)
-    _wait_for("three checks had run", lambda: len(list(reports.glob("*/evidence/*"))) >= 3, run)
+    _wait_for(
+        "three checks had run", lambda: len(list(reports.glob("*/evidence/*"))) >= 3, run, reports
+    )
     pid = rack.status(rack.inventory.hosts[RACK_HOST]).pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # the DUT dies
