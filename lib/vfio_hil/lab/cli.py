@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vfio_hil.lab.baseline import (
@@ -243,8 +244,7 @@ def run_command(args: argparse.Namespace) -> int:
             except ProvisioningError as exc:
                 # A missing device or an unreachable host is bad input; nothing changed yet.
                 raise UsageError(str(exc)) from None
-        for host in hosts:
-            lab.own(host.name)
+        _own_all(lab, [h.name for h in hosts])
         cmd = [
             sys.executable, "-m", "pytest", str(CONFORMANCE_DIR),
             "-p", "no:cacheprovider", "-o", "addopts=", "-o", "testpaths=",
@@ -270,6 +270,13 @@ def run_command(args: argparse.Namespace) -> int:
         return 3
     # pytest: 2 interrupted, 3 internal error, 4 usage error; a signal shows as negative.
     return {2: 130, -signal.SIGINT: 130, 3: 3, 4: 2}.get(rc, 3 if rc < 0 else rc)
+
+
+def _own_all(lab: Lab, names: list[str]) -> None:
+    """Own every host, all at once (each waits on its own DUT's lock)."""
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        for future in [pool.submit(lab.own, name) for name in names]:
+            future.result()
 
 
 def _lost_hosts(run_dir: Path) -> dict[str, str]:
@@ -299,8 +306,7 @@ def restore_command(args: argparse.Namespace) -> int:
     with contextlib.closing(
         Lab(inventory, work_dir, rack=rack, log=log, run_id=run_id, lock_wait=args.lock_wait)
     ) as lab:
-        for host in hosts:
-            lab.own(host.name)
+        _own_all(lab, [h.name for h in hosts])
         try:
             restored = lab.provisioner.teardown(hosts)
         except ProvisioningError as exc:
