@@ -553,7 +553,8 @@ class VirtualRack:
         """Boot one machine whose state folder and keys :meth:`up` has made."""
         assert host.vm is not None
         state = self.state_dir(host.name)
-        for name in ("qemu.pid", "qmp.sock", "console.log", "meta.json"):
+        # A machine starts unmarked: the run that boots it marks it (VirtualRack.use).
+        for name in ("qemu.pid", "qmp.sock", "console.log", "meta.json", "transient"):
             with contextlib.suppress(FileNotFoundError):
                 (state / name).unlink()
         self.log(
@@ -638,13 +639,14 @@ class VirtualRack:
 
     def _stop(self, host: str) -> None:
         state = self.state_dir(host)
+        # Whether it still runs or died on its own, it is nobody's to stop any more.
+        (state / "transient").unlink(missing_ok=True)
         pid = self._pid(state)
         if pid is None:
             return
         with contextlib.suppress(RackError):
             self.qmp(host, "quit")
         self._kill(pid)
-        (state / "transient").unlink(missing_ok=True)
         self.log(f"{host}: stopped")
 
     @staticmethod

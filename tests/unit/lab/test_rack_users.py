@@ -103,3 +103,16 @@ def test_rack_state_belongs_to_the_checkout_unless_a_lab_home_is_shared(
     assert os.path.basename(rack.checkout_tag()).startswith(
         Path(rack.__file__).parents[3].name[:24]
     )
+
+
+def test_a_machine_that_died_leaves_no_mark_on_its_next_boot(
+    fake_rack: rack.VirtualRack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run booted the machine, the machine died, the run ended: a later ``rack up`` boots
+    it again, and a run using it then must not stop it (it is the rack's, not a run's)."""
+    with fake_rack.use(["h"]):
+        pid = int((fake_rack.state_dir("h") / "qemu.pid").read_text())
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        monkeypatch.undo()  # the real stop from here: nothing to kill, and the mark goes
+    assert not (fake_rack.state_dir("h") / "transient").exists()
