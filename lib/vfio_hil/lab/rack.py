@@ -24,7 +24,7 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from vfio_hil.lab.errors import RackError
+from vfio_hil.lab.errors import RackError, UsageError
 from vfio_hil.lab.inventory import Host, Inventory
 from vfio_hil.lab.kernel import KernelCache, KernelImage
 
@@ -191,7 +191,7 @@ class VirtualRack:
             unknown = wanted - {h.name for h in hosts}
             if unknown:
                 names = ", ".join(sorted(unknown))
-                raise RackError(f"not a virtual host of the inventory: {names}")
+                raise UsageError(f"not a virtual host of the inventory: {names}")
             hosts = [h for h in hosts if h.name in wanted]
         return hosts
 
