@@ -553,9 +553,12 @@ class _GroupWalk:
 
 
 def _overrides(new: _Value, old: _Value) -> bool:
-    """True when Ansible's precedence settles ``new`` over ``old``: both are group vars and
-    ``new``'s group is a descendant of ``old``'s."""
-    return not (new.host_var or old.host_var) and old.group in new.ancestors
+    """True when Ansible's precedence settles ``new`` over ``old`` without doubt: a host's own
+    variable over the vars of the group it is listed under and of that group's ancestors, a
+    group's vars over its ancestors' vars. Anything else that differs is a conflict."""
+    if old.host_var:
+        return False
+    return old.group in new.ancestors or (new.host_var and old.group == new.group)
 
 
 def _brief(value: Any, limit: int = 60) -> str:

@@ -117,6 +117,7 @@ MALFORMED = [
     # One host under two groups that disagree (no parent-child order settles it).
     ("groups-conflict", "all:\n  children:\n    lab:\n      hosts:\n        v: {vm_iommu: amd}\n    virtual:\n      hosts:\n        v: {vm_iommu: intel}\n", "host v: vm_iommu is 'amd' in group lab but 'intel' in group virtual"),  # noqa: E501
     ("group-vars-conflict", "all:\n  children:\n    fast:\n      vars: {vm_cpus: 2}\n      hosts: {v: {}}\n    big:\n      vars: {vm_cpus: 4}\n      hosts: {v: {}}\n", "host v: vm_cpus is 2 in group fast but 4 in group big"),  # noqa: E501
+    ("host-var-vs-child-group", "all:\n  hosts:\n    v: {vm_iommu: amd}\n  children:\n    virtual:\n      vars: {vm_iommu: intel}\n      hosts: {v: {}}\n", "host v: vm_iommu is 'amd' in group all but 'intel' in group virtual"),  # noqa: E501
     # What was validated before.
     ("iommu-kind", virtual("{vm_iommu: arm}"), "host v: vm_iommu: 'arm' is not one of intel, amd, virtio, none"),  # noqa: E501
     ("slot-shared", virtual("{vm_devices: [{model: edu, slot: 4}, {model: edu, slot: 4}]}"), "host v: vm_devices: two devices share a slot and function"),  # noqa: E501
@@ -253,15 +254,17 @@ def test_e2e_inventory_reads_as_written() -> None:
     ]
 
 
-def test_a_host_in_a_parent_and_a_child_group_takes_the_child_groups_vars(tmp_path: Path) -> None:
-    """Ansible's order settles it: a child group's vars override its parent's."""
+def test_a_host_in_a_parent_and_a_child_group_takes_ansibles_order(tmp_path: Path) -> None:
+    """Ansible's order settles it: a child group's vars override its parent's, a host's own
+    variables override the vars of the group it is listed under."""
     path = tmp_path / "inv.yml"
     path.write_text(
-        "all:\n  vars: {vm_iommu: amd, vm_cpus: 2}\n  hosts: {v: {}}\n"
+        "all:\n  vars: {vm_iommu: amd, vm_cpus: 2, vm_memory_mb: 1024}\n"
+        "  hosts: {v: {vm_cpus: 3}}\n"
         "  children:\n    virtual:\n      vars: {vm_iommu: intel}\n      hosts: {v: {}}\n"
     )
     vm = load_inventory(path).hosts["v"].vm
-    assert vm is not None and (vm.iommu, vm.cpus) == ("intel", 2)
+    assert vm is not None and (vm.iommu, vm.cpus, vm.memory_mb) == ("intel", 3, 1024)
 
 
 def test_other_variables_pass_through(tmp_path: Path) -> None:
