@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,11 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
+
 from vfio_hil.lab.inventory import load_inventory
 from vfio_hil.lab.rack import VirtualRack
 
 HERE = Path(__file__).parent
 E2E_INVENTORY = HERE / "inventory.yml"
+#: The rack machine the lab-host tests boot, and the name their plain inventory gives it.
+RACK_INVENTORY = HERE / "lab_host_rack.yml"
+RACK_HOST = "e2e-labhost"
+LAB_HOST = "lab-server-1"
+#: The NVMe in the hotplug-capable slot (behind a PCIe root port), listed with its model.
+NVME_HOTPLUG = "0000:01:00.0"
+#: The NVMe on the root complex, listed without a model (the DUT's engine probe finds it).
+NVME_PLAIN = "0000:00:05.0"
+TESTDEV = "0000:00:07.0"
 VFIO_HIL = str(Path(sys.executable).with_name("vfio-hil"))
 
 
@@ -119,3 +131,53 @@ def booted_rack(inventory: Path) -> Iterator[VirtualRack]:
         yield rack
     finally:
         rack.down()
+
+
+def write_lab_inventory(rack: VirtualRack, folder: Path) -> Path:
+    """A plain lab-host inventory for the rack machine, as a lab engineer writes one for a
+    real server: address, port, user and key; the host key pinned in a known_hosts file of
+    its own; an ssh_config for the DUT channel; the devices to test. No vm_* variables."""
+    target = rack.ssh_target(RACK_HOST)
+    known_hosts = folder / "known_hosts"
+    # The rack wrote the machine's host key for [127.0.0.1]:<port>; keep a copy of our own.
+    shutil.copyfile(rack.state_dir(RACK_HOST) / "known_hosts", known_hosts)
+    ssh_options = {
+        "IdentitiesOnly": "yes",
+        "UserKnownHostsFile": str(known_hosts),
+        "StrictHostKeyChecking": "yes",
+        "LogLevel": "ERROR",
+        "ConnectTimeout": "20",
+        "ServerAliveInterval": "15",
+    }
+    ssh_config = folder / "ssh_config"
+    ssh_config.write_text(
+        "\n".join(
+            [
+                f"Host {LAB_HOST}",
+                f"  HostName {target.hostname}",
+                f"  Port {target.port}",
+                f"  User {target.user}",
+                f"  IdentityFile {target.key}",
+                *(f"  {k} {v}" for k, v in ssh_options.items()),
+                "",
+            ]
+        )
+    )
+    host_vars = {
+        "ansible_host": target.hostname,
+        "ansible_port": target.port,
+        "ansible_user": target.user,
+        "ansible_ssh_private_key_file": str(target.key),
+        # Ansible reaches 127.0.0.1 by address: give it the same host key pinning.
+        "ansible_ssh_common_args": " ".join(f"-o {k}={v}" for k, v in ssh_options.items()),
+        # The DUT channel (execnet over ssh) reads its own ssh_config.
+        "vfio_hil_ssh_config": str(ssh_config),
+        "vfio_devices": [
+            {"bdf": NVME_HOTPLUG, "model": "nvme"},
+            {"bdf": NVME_PLAIN},
+            {"bdf": TESTDEV, "model": "pci-testdev"},
+        ],
+    }
+    path = folder / "lab.yml"
+    path.write_text(yaml.safe_dump({"all": {"hosts": {LAB_HOST: host_vars}}}, sort_keys=False))
+    return path

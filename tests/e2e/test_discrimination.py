@@ -12,7 +12,15 @@ from rackutil import E2E_INVENTORY, QUICK_PERF, REPEAT_HOST, CliRun, run_cli
 
 pytestmark = pytest.mark.e2e
 
-CONFORMANT = ("e2e-intel", "e2e-amd", "e2e-612", "e2e-pt", "e2e-amd-pt", "e2e-sm-lazy")
+CONFORMANT = (
+    "e2e-intel",
+    "e2e-amd",
+    "e2e-612",
+    "e2e-newest",
+    "e2e-pt",
+    "e2e-amd-pt",
+    "e2e-sm-lazy",
+)
 #: Non-conformant platforms with an edu and an NVMe.
 EDU_AND_NVME = ("e2e-iommu-off", "e2e-noiommu", "e2e-nointremap", "e2e-unsafe")
 #: Conformant platforms whose host drivers get identity domains: PLAT-008 must say so.

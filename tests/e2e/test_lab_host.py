@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from rackutil import HERE, QUICK_PERF, CliRun, booted_rack, pci_drivers, run_cli
+from rackutil import (
+    LAB_HOST,
+    NVME_HOTPLUG,
+    NVME_PLAIN,
+    QUICK_PERF,
+    RACK_HOST,
+    RACK_INVENTORY,
+    CliRun,
+    booted_rack,
+    pci_drivers,
+    run_cli,
+    write_lab_inventory,
+)
 
 from vfio_hil.lab.inventory import ENGINE_CAPABILITIES
 from vfio_hil.lab.rack import VirtualRack
@@ -30,14 +39,6 @@ from vfio_hil_pytest.catalogue import load_catalogue
 
 pytestmark = pytest.mark.e2e
 
-RACK_INVENTORY = HERE / "lab_host_rack.yml"
-RACK_HOST = "e2e-labhost"
-LAB_HOST = "lab-server-1"
-#: The NVMe in the hotplug-capable slot (behind a PCIe root port), listed with its model.
-NVME_HOTPLUG = "0000:01:00.0"
-#: The NVMe on the root complex, listed without a model (the DUT's engine probe finds it).
-NVME_PLAIN = "0000:00:05.0"
-TESTDEV = "0000:00:07.0"
 NVMES = (NVME_HOTPLUG, NVME_PLAIN)
 NVME_IDS = ["nvme-model", "nvme-no-model"]
 #: What QEMU's NVMe controller is: PCI IDs, class code, and its Identify Controller model.
@@ -67,56 +68,6 @@ def lab_host_rack() -> Iterator[VirtualRack]:
     """The one machine of lab_host_rack.yml, booted for this module and stopped after it."""
     with booted_rack(RACK_INVENTORY) as rack:
         yield rack
-
-
-def write_lab_inventory(rack: VirtualRack, folder: Path) -> Path:
-    """A plain lab-host inventory for the rack machine, as a lab engineer writes one for a
-    real server: address, port, user and key; the host key pinned in a known_hosts file of
-    its own; an ssh_config for the DUT channel; the devices to test. No vm_* variables."""
-    target = rack.ssh_target(RACK_HOST)
-    known_hosts = folder / "known_hosts"
-    # The rack wrote the machine's host key for [127.0.0.1]:<port>; keep a copy of our own.
-    shutil.copyfile(rack.state_dir(RACK_HOST) / "known_hosts", known_hosts)
-    ssh_options = {
-        "IdentitiesOnly": "yes",
-        "UserKnownHostsFile": str(known_hosts),
-        "StrictHostKeyChecking": "yes",
-        "LogLevel": "ERROR",
-        "ConnectTimeout": "20",
-        "ServerAliveInterval": "15",
-    }
-    ssh_config = folder / "ssh_config"
-    ssh_config.write_text(
-        "\n".join(
-            [
-                f"Host {LAB_HOST}",
-                f"  HostName {target.hostname}",
-                f"  Port {target.port}",
-                f"  User {target.user}",
-                f"  IdentityFile {target.key}",
-                *(f"  {k} {v}" for k, v in ssh_options.items()),
-                "",
-            ]
-        )
-    )
-    host_vars = {
-        "ansible_host": target.hostname,
-        "ansible_port": target.port,
-        "ansible_user": target.user,
-        "ansible_ssh_private_key_file": str(target.key),
-        # Ansible reaches 127.0.0.1 by address: give it the same host key pinning.
-        "ansible_ssh_common_args": " ".join(f"-o {k}={v}" for k, v in ssh_options.items()),
-        # The DUT channel (execnet over ssh) reads its own ssh_config.
-        "vfio_hil_ssh_config": str(ssh_config),
-        "vfio_devices": [
-            {"bdf": NVME_HOTPLUG, "model": "nvme"},
-            {"bdf": NVME_PLAIN},
-            {"bdf": TESTDEV, "model": "pci-testdev"},
-        ],
-    }
-    path = folder / "lab.yml"
-    path.write_text(yaml.safe_dump({"all": {"hosts": {LAB_HOST: host_vars}}}, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,11 @@ class DutVfioError(Exception):
         super().__init__(info.get("message", "VFIO error"))
 
 
+class ChannelLost(ChannelError):
+    """The channel itself broke (the DUT, its agent or the SSH session went away, or a call
+    outlived our timeout): nothing more can be asked through it."""
+
+
 class DutChannel(Protocol):
     """What a check needs from a DUT: call a DUT-side function and close."""
 
@@ -99,8 +104,12 @@ class SshDutChannel:
         try:
             self._ch.send({"func": func, "kwargs": kwargs})
             reply = self._ch.receive(CALL_TIMEOUT_S)
-        except (OSError, EOFError, execnet.RemoteError, execnet.TimeoutError) as exc:
-            raise ChannelError(
+        except execnet.TimeoutError:
+            raise ChannelLost(
+                f"{func} on {self.host}: no answer in {CALL_TIMEOUT_S:.0f} s"
+            ) from None
+        except (OSError, EOFError, execnet.RemoteError) as exc:
+            raise ChannelLost(
                 f"{func} on {self.host}: channel broke after "
                 f"{time.monotonic() - start:.1f} s: {str(exc).strip().splitlines()[-1:]}"
             ) from None

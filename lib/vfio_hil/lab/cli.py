@@ -1,13 +1,15 @@
 """The ``vfio-hil`` command: a thin layer over the lab library.
 
-    vfio-hil run [--inventory FILE] [--reports DIR] [--keep-rack] [-- PYTEST ARGS]
+    vfio-hil run [--inventory FILE] [--reports DIR] [--keep-rack] [--lock-wait S] [-- PYTEST ARGS]
+    vfio-hil restore [--inventory FILE] [--lock-wait S] [HOST ...]
     vfio-hil rack up|down|status [--inventory FILE] [HOST ...]
     vfio-hil checks list [--json]
     vfio-hil baseline save RUN [RUN ...] [--baselines DIR] [--tolerance PATTERN=PCT ...]
     vfio-hil baseline show [--baselines DIR]
 
 Exit status: 0 all checks PASS or SKIP; 1 a check FAILed or ERRORed; 2 bad input (inventory,
-options, a device that is not there); 3 the lab broke (rack boot, provisioning); 130 Ctrl-C.
+options, a device that is not there); 3 the lab broke (rack boot, provisioning, a host lost
+during the run, a host another run held past --lock-wait); 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vfio_hil.lab.baseline import (
@@ -31,9 +34,10 @@ from vfio_hil.lab.baseline import (
 )
 from vfio_hil.lab.errors import HilError, ProvisioningError, UsageError
 from vfio_hil.lab.inventory import DEFAULT_INVENTORY, Inventory, load_inventory
-from vfio_hil.lab.provision import Provisioner
+from vfio_hil.lab.ownership import DEFAULT_WAIT_S
 from vfio_hil.lab.rack import VirtualRack
 from vfio_hil.lab.report import new_run_id, prepare_run_dir
+from vfio_hil.lab.session import Lab
 
 CONFORMANCE_DIR = Path(__file__).resolve().parents[3] / "conformance"
 # pytest exit codes after which the checks' own teardown ran (0 passed, 1 some failed).
@@ -59,11 +63,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-rack", action="store_true", help="leave booted VMs running")
     run.add_argument("--limit", help="only these hosts (comma-separated)")
     run.add_argument("--baselines", type=Path, help=BASELINES_HELP)
+    run.add_argument("--lock-wait", type=_seconds, default=DEFAULT_WAIT_S, help=LOCK_WAIT_HELP)
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     rack = sub.add_parser("rack", help="boot, stop or show the virtual rack")
     rack.add_argument("action", choices=("up", "down", "status"))
     rack.add_argument("--inventory", type=Path, default=DEFAULT_INVENTORY)
     rack.add_argument("hosts", nargs="*", help="limit to these hosts")
+    restore = sub.add_parser(
+        "restore", help="give every device of the hosts back to its original driver"
+    )
+    restore.add_argument("--inventory", type=Path, default=DEFAULT_INVENTORY)
+    restore.add_argument("--reports", type=Path, default=Path("reports"))
+    restore.add_argument("--lock-wait", type=_seconds, default=DEFAULT_WAIT_S, help=LOCK_WAIT_HELP)
+    restore.add_argument("hosts", nargs="*", help="limit to these hosts")
     checks = sub.add_parser("checks", help="the check catalogue")
     checks.add_argument("action", choices=("list",))
     checks.add_argument("--json", action="store_true", help="one JSON object per check")
@@ -86,6 +98,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 BASELINES_HELP = "baselines directory (default: $VFIO_HIL_BASELINES, else ./baselines)"
+LOCK_WAIT_HELP = (
+    "seconds to wait for a host another run holds, then exit 3 naming the holder "
+    f"(default {DEFAULT_WAIT_S:.0f})"
+)
+
+
+def _seconds(text: str) -> float:
+    """A non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -112,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             return checks_command(args.json)
         if args.command == "baseline":
             return baseline_command(args)
+        if args.command == "restore":
+            return restore_command(args)
         return run_command(args)
     except HilError as exc:
         print(f"vfio-hil: error: {exc}", file=sys.stderr)
@@ -134,7 +163,7 @@ def rack_command(action: str, inventory: Inventory, hosts: list[str] | None) -> 
     """``vfio-hil rack up|down|status``."""
     rack = VirtualRack(inventory, log=log)
     if action == "up":
-        rack.up(hosts)
+        rack.up(hosts, persist=True)
     elif action == "down":
         rack.down(hosts)
     rows = [("HOST", "STATE", "PID", "SSH", "ACCEL", "CONSOLE")]
@@ -202,8 +231,8 @@ def _run_pytest(cmd: list[str]) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """``vfio-hil run``: boot what is needed, preflight real hosts, run pytest, restore,
-    report."""
+    """``vfio-hil run``: boot what is needed, own the hosts, preflight real hosts, run pytest,
+    restore, report."""
     limit = args.limit.split(",") if args.limit else None
     inventory = load_inventory(args.inventory).limited(limit)
     pytest_args = [a for a in args.pytest_args if a != "--"]
@@ -211,26 +240,25 @@ def run_command(args: argparse.Namespace) -> int:
         pytest_args += ["--vfio-limit", args.limit]
     rack = VirtualRack(inventory, log=log)
     virtual = [h.name for h in rack.virtual_hosts()]
-    booted = [h for h in virtual if not rack.status(inventory.hosts[h]).running]
     run_id = new_run_id()
     run_dir = prepare_run_dir(args.reports.resolve(), run_id)
-    provisioner = Provisioner(inventory, rack, run_dir / "ansible", log)
-    rc = 3
-    try:
-        if virtual:
-            rack.up(virtual)
-        hosts = list(inventory.hosts.values())
+    hosts = list(inventory.hosts.values())
+    # Owns the hosts for the whole run; pytest's own Lab joins (same run id).
+    lab = Lab(inventory, run_dir, rack=rack, log=log, run_id=run_id, lock_wait=args.lock_wait)
+    with rack.use(virtual, keep=args.keep_rack), contextlib.closing(lab):
         # A virtual host's devices are made from its inventory entry and it has just answered
         # over SSH: only real hosts can be missing a listed device (bad input). Setup checks
-        # every host's devices again before it changes anything.
+        # every host's devices again before it changes anything. Preflight only reads: it
+        # runs before this run owns the hosts, so that bad input ends it without waiting.
         real = [h for h in hosts if h.vm is None]
         if real:
             log(f"preflight of {', '.join(h.name for h in real)}")
             try:
-                provisioner.preflight(real)
+                lab.provisioner.preflight(real)
             except ProvisioningError as exc:
                 # A missing device or an unreachable host is bad input; nothing changed yet.
                 raise UsageError(str(exc)) from None
+        _own_all(lab, [h.name for h in hosts])
         cmd = [
             sys.executable, "-m", "pytest", str(CONFORMANCE_DIR),
             "-p", "no:cacheprovider", "-o", "addopts=", "-o", "testpaths=",
@@ -245,12 +273,65 @@ def run_command(args: argparse.Namespace) -> int:
             *pytest_args,
         ]  # fmt: skip
         rc = _run_pytest(cmd)
+        lost = _lost_hosts(run_dir)
         if rc not in PYTEST_COMPLETED:
             log(f"pytest ended abnormally (status {rc}): restoring every host")
-            provisioner.teardown(hosts)
+            lab.provisioner.teardown([h for h in hosts if h.name not in lost])
         log(f"report: {run_dir}")
-    finally:
-        if booted and not args.keep_rack:
-            rack.down(booted)
+    for reason in lost.values():
+        print(f"vfio-hil: error: {reason}", file=sys.stderr)
+    if lost and rc in PYTEST_COMPLETED:
+        return 3
     # pytest: 2 interrupted, 3 internal error, 4 usage error; a signal shows as negative.
     return {2: 130, -signal.SIGINT: 130, 3: 3, 4: 2}.get(rc, 3 if rc < 0 else rc)
+
+
+def _own_all(lab: Lab, names: list[str]) -> None:
+    """Own every host, all at once (each waits on its own DUT's lock)."""
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        for future in [pool.submit(lab.own, name) for name in names]:
+            future.result()
+
+
+def _lost_hosts(run_dir: Path) -> dict[str, str]:
+    """The hosts the run's results say were lost, with their reasons."""
+    try:
+        return dict(json.loads((run_dir / "results.json").read_text())["run"]["lost_hosts"])
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def restore_command(args: argparse.Namespace) -> int:
+    """``vfio-hil restore``: own each host, end what a dead run left holding its devices and
+    give every device back to its original driver from the DUT's journal; no checks run."""
+    inventory = load_inventory(args.inventory).limited(args.hosts or None)
+    rack = VirtualRack(inventory, log=log)
+    hosts = []
+    for host in inventory.hosts.values():
+        if host.virtual and not rack.status(host).running:
+            # A virtual host's root is RAM: once stopped, it keeps no binding to restore.
+            print(f"{host.name}: not running, nothing to restore")
+        else:
+            hosts.append(host)
+    if not hosts:
+        return 0
+    run_id = new_run_id()
+    work_dir = args.reports.resolve() / "restore" / run_id
+    with contextlib.closing(
+        Lab(inventory, work_dir, rack=rack, log=log, run_id=run_id, lock_wait=args.lock_wait)
+    ) as lab:
+        _own_all(lab, [h.name for h in hosts])
+        try:
+            restored = lab.provisioner.teardown(hosts)
+        except ProvisioningError as exc:
+            raise ProvisioningError(f"restore failed: {exc}") from None
+    for name, result in restored.items():
+        for proc in result.get("released", []):
+            print(f"{name}: ended pid {proc['pid']} ({proc['cmdline']}) holding {proc['node']}")
+        devices = result.get("restored", {})
+        for bdf, state in sorted(devices.items()):
+            print(f"{name}: {bdf} back on {state['driver'] or 'no driver'}")
+        if not devices:
+            print(f"{name}: nothing to restore (no journal)")
+    log(f"restore logs: {work_dir}")
+    return 0

@@ -1,8 +1,20 @@
 """Debian kernels for the virtual rack: fetched from the Debian archive, cached, and given a
 tiny initramfs that mounts the controller's filesystem (read-only, over 9p) as the guest root.
 
-Nothing is installed on the controller: the kernel package is downloaded with ``apt-get
+Nothing is installed on the controller: the kernel packages are downloaded with ``apt-get
 download`` and unpacked into the cache. A second boot of the same kernel does no apt work.
+
+Debian ships a kernel in one of two layouts, both handled alike:
+
+- one ``linux-image-<flavour>`` package with ``/boot/vmlinuz-<release>`` and
+  ``/lib/modules/<release>`` (bookworm's 6.1, bookworm-backports' 6.12);
+- a ``linux-image-<flavour>`` package without files that depends on ``linux-base-<flavour>``
+  (``config``, ``modules.builtin``), ``linux-binary-<flavour>``
+  (``/usr/lib/modules/<release>/vmlinuz``) and ``linux-modules-<flavour>`` (the modules,
+  xz-compressed) (the 7.x kernels of sid, experimental and trixie-backports).
+
+The packages of a kernel are the ``linux-image-<flavour>`` package and every package named
+``linux-*-<flavour>`` it depends on, directly or not; they are unpacked into one folder.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vfio_hil.lab.errors import RackError
 
@@ -51,6 +64,12 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
+def _query(cmd: list[str]) -> str:
+    """The output of a read-only apt query, or ``""`` where it fails (an unknown package)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
 class KernelCache:
     """Fetches, unpacks and prepares Debian kernel packages under ``root``."""
 
@@ -69,19 +88,24 @@ class KernelCache:
                 return image
         name, _, release = package.partition("/")
         concrete = self._resolve(name, release)
-        image = self._unpack(concrete, release)
+        rec = self._unpack(concrete, self._packages(concrete, release), release)
+        image = self._image(rec)
         self._build_initramfs(image)
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"package": concrete, "release": image.release}))
+        record.write_text(json.dumps(rec))
         return image
 
-    def _image(self, rec: dict[str, str]) -> KernelImage:
+    def _image(self, rec: dict[str, Any]) -> KernelImage:
+        """The kernel a cache record describes. ``vmlinuz`` and ``modules_dir`` are relative to
+        the package's folder; records written before the split layouts lack them and stand for
+        the single-package layout."""
         base = self.root / rec["package"]
+        release = rec["release"]
         return KernelImage(
             package=rec["package"],
-            release=rec["release"],
-            vmlinuz=base / "boot" / f"vmlinuz-{rec['release']}",
-            modules_dir=base / "lib" / "modules" / rec["release"],
+            release=release,
+            vmlinuz=base / rec.get("vmlinuz", f"boot/vmlinuz-{release}"),
+            modules_dir=base / rec.get("modules_dir", f"lib/modules/{release}"),
             initrd=base / "vfio-hil-initrd.gz",
         )
 
@@ -110,9 +134,7 @@ class KernelCache:
         return opts
 
     def _apt_cache_depends(self, name: str, release: str) -> str:
-        cmd = ["apt-cache", *self._apt_options(release), "depends", name]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        return proc.stdout if proc.returncode == 0 else ""
+        return _query(["apt-cache", *self._apt_options(release), "depends", name])
 
     def _resolve(self, name: str, release: str) -> str:
         """Follow a metapackage (``linux-image-amd64``) to the versioned image package."""
@@ -133,35 +155,52 @@ class KernelCache:
             name = deps[0]
         raise RackError(f"kernel package {name!r}: metapackage chain too long")
 
-    def _unpack(self, package: str, release: str) -> KernelImage:
-        dest = self.root / package
+    def _packages(self, image: str, release: str) -> list[str]:
+        """The packages that make up the kernel of ``image`` (a ``linux-image-<flavour>``
+        package): ``image`` first, then every ``linux-*-<flavour>`` package it depends on,
+        directly or not (see the module's docstring)."""
+        flavour = image[len("linux-image-") :]
+        found = [image]
+        todo = [image]
+        while todo:
+            out = self._apt_cache_depends(todo.pop(0), release)
+            for dep in re.findall(r"Depends: (linux-[^\s<>]+)", out):
+                if dep.endswith(f"-{flavour}") and dep not in found:
+                    found.append(dep)
+                    todo.append(dep)
+        return found
+
+    def _unpack(self, image: str, packages: list[str], release: str) -> dict[str, Any]:
+        """Download ``packages`` (the kernel of ``image``) and unpack them into one folder;
+        the cache record of the result."""
+        dest = self.root / image
+        names = " ".join(packages)
         with tempfile.TemporaryDirectory(prefix="vfio-hil-kernel-") as tmp:
-            self.log(f"downloading kernel package {package} from the Debian archive")
+            self.log(f"downloading kernel package(s) {names} from the Debian archive")
+            opts = self._apt_options(release)
             _run(
-                [
-                    "apt-get",
-                    *self._apt_options(release),
-                    "download",
-                    "-q",
-                    "-oAPT::Sandbox::User=root",
-                    package,
-                ],
-                f"download of {package}",
+                ["apt-get", *opts, "download", "-q", "-oAPT::Sandbox::User=root", *packages],
+                f"download of {names}",
                 cwd=Path(tmp),
             )
-            debs = list(Path(tmp).glob("*.deb"))
-            if not debs:
-                raise RackError(f"download of {package}: apt-get left no .deb")
+            debs = {deb.name.split("_")[0]: deb for deb in Path(tmp).glob("*.deb")}
+            missing = [p for p in packages if p not in debs]
+            if missing:
+                raise RackError(f"download of {image}: apt-get left no .deb of {missing}")
             if dest.exists():
                 shutil.rmtree(dest)
             dest.mkdir(parents=True)
-            _run(["dpkg-deb", "-x", str(debs[0]), str(dest)], f"unpacking {package}")
-        releases = [p.name for p in (dest / "lib" / "modules").iterdir() if p.is_dir()]
-        if len(releases) != 1:
-            raise RackError(f"{package}: expected one kernel release, found {releases}")
-        rel = releases[0]
-        _run(["depmod", "-b", str(dest), rel], f"depmod for {package}")
-        return self._image({"package": package, "release": rel})
+            for pkg in packages:
+                _run(["dpkg-deb", "-x", str(debs[pkg]), str(dest)], f"unpacking {pkg}")
+        rec = _layout(dest, image, packages)
+        # depmod (kmod 30, bookworm) reads <base>/lib/modules; merged-/usr kernels ship
+        # usr/lib/modules, so the folder gets the symlink a merged-/usr system has.
+        lib_modules = dest / "lib" / "modules"
+        if not lib_modules.exists():
+            lib_modules.parent.mkdir(exist_ok=True)
+            lib_modules.symlink_to(Path("..") / "usr" / "lib" / "modules")
+        _run(["depmod", "-b", str(dest), rec["release"]], f"depmod for {image}")
+        return rec
 
     def _build_initramfs(self, image: KernelImage) -> None:
         busybox = shutil.which("busybox")
@@ -220,6 +259,44 @@ def debian_mirror() -> tuple[str, str]:
             if len(parts) >= 3 and parts[0] == "deb" and parts[2] == codename:
                 return parts[1], keyring
     raise RackError(f"no Debian mirror for {codename or 'this release'} in the apt sources")
+
+
+def _layout(dest: Path, image: str, packages: list[str]) -> dict[str, Any]:
+    """The cache record of the kernel unpacked into ``dest``: its release, and where its
+    vmlinuz and modules are (relative to ``dest``), in whichever layout its packages have."""
+    names = ", ".join(packages)
+    found = [
+        p.relative_to(dest)
+        for top in ("lib/modules", "usr/lib/modules")
+        if (dest / top).is_dir()
+        for p in sorted((dest / top).iterdir())
+        if p.is_dir()
+    ]
+    if len(found) != 1:
+        what = ", ".join(map(str, found)) or "none"
+        raise RackError(
+            f"{image}: expected one kernel release folder under lib/modules or usr/lib/modules "
+            f"of {names}, found {what}"
+        )
+    modules_dir = dest / found[0]
+    release = modules_dir.name
+    if next(modules_dir.glob("kernel/**/*.ko*"), None) is None:
+        raise RackError(f"{image}: no kernel modules (kernel/**/*.ko*) for {release} in {names}")
+    for vmlinuz in (dest / "boot" / f"vmlinuz-{release}", modules_dir / "vmlinuz"):
+        if vmlinuz.is_file():
+            break
+    else:
+        raise RackError(
+            f"{image}: no vmlinuz for {release} (boot/vmlinuz-{release} or "
+            f"{modules_dir.relative_to(dest)}/vmlinuz) in {names}"
+        )
+    return {
+        "package": image,
+        "release": release,
+        "vmlinuz": str(vmlinuz.relative_to(dest)),
+        "modules_dir": str(modules_dir.relative_to(dest)),
+        "packages": packages,
+    }
 
 
 def initramfs_module_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[str]:

@@ -34,6 +34,10 @@ DUT_PACKAGES = ("core", "dut")
 #: under Ansible's default one rack's plays reused another rack's live connection and ran on
 #: the other machine.
 SSH_CONTROL_DIR = Path.home() / ".ansible" / "cp"
+if len(str(SSH_CONTROL_DIR)) > 48:
+    # A socket path holds at most 107 bytes, and the name adds 50: under a long home (a CI
+    # runner's) the sockets go to a short folder of this user's instead.
+    SSH_CONTROL_DIR = Path(tempfile.gettempdir()) / f"vfio-hil-cp-{os.getuid()}"
 #: The compiled hot path (a stable-ABI extension built at install time): shipped in the zip,
 #: so a DUT needs no compiler (``vfio_hil.core.perf.hotpath`` loads it from there).
 DUT_NATIVE = "_hotpath*.so"

@@ -2,21 +2,30 @@
 a Debian kernel with the controller's filesystem as a read-only root, reached over SSH on a
 loopback port and managed over QMP.
 
-State lives in ``<home>/racks/<host>/`` (pid, QMP socket, console log, SSH keys and config), so
-``vfio-hil rack up`` in one process and ``vfio-hil run`` in another see the same machines.
+State lives in a rack folder, ``<rack>/<host>/`` (pid, QMP socket, console log, SSH keys and
+config), so ``vfio-hil rack up`` in one process and ``vfio-hil run`` in another see the same
+machines. The rack folder belongs to the checkout (``~/.cache/vfio-hil/racks/<checkout>``):
+two clones with the same host names do not share machines, unless ``VFIO_HIL_HOME`` points
+them at one shared lab home (its ``racks/``). Downloaded kernels are shared either way.
+
+Processes of one rack boot and stop machines under a lock of the rack folder, and every run
+registers as a user of the machines it drives: a machine a run booted is stopped when the
+last run using it ends, not under another run's feet.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +59,22 @@ def default_home() -> Path:
     """Where vfio-hil keeps kernels and rack state (``$VFIO_HIL_HOME``, else ~/.cache)."""
     env = os.environ.get("VFIO_HIL_HOME")
     return Path(env) if env else Path.home() / ".cache" / "vfio-hil"
+
+
+def checkout_tag(root: Path | None = None) -> str:
+    """A short name of the checkout (the folder holding this package's source): its folder
+    name and a hash of its path, ``vfio-hil-1a2b3c4d``."""
+    root = root or Path(__file__).resolve().parents[3]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", root.name)[:24]
+    return f"{name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
+
+
+def default_racks(home: Path) -> Path:
+    """The rack folder: the shared lab home's ``racks/`` when ``VFIO_HIL_HOME`` names one,
+    else one of this checkout's own under ``home``."""
+    if os.environ.get("VFIO_HIL_HOME"):
+        return home / "racks"
+    return home / "racks" / checkout_tag()
 
 
 @dataclass(frozen=True)
@@ -178,6 +203,7 @@ class VirtualRack:
     ) -> None:
         self.inventory = inventory
         self.home = home or default_home()
+        self.racks = default_racks(self.home)
         self.log = log
         self.kernels = KernelCache(self.home / "kernels", log)
 
@@ -197,7 +223,7 @@ class VirtualRack:
 
     def state_dir(self, host: str) -> Path:
         """The directory holding one machine's runtime state."""
-        return self.home / "racks" / host
+        return self.racks / host
 
     def status(self, host: Host) -> VmStatus:
         """Whether ``host`` runs, and how to reach it."""
@@ -229,7 +255,7 @@ class VirtualRack:
             hostname="127.0.0.1",
             port=int(meta["ssh_port"]),
             user="root",
-            key=self.home / "racks" / "id_ed25519",
+            key=self.racks / "id_ed25519",
             ssh_config=state / "ssh_config",
         )
 
@@ -258,7 +284,72 @@ class VirtualRack:
 
     # -- up / down -----------------------------------------------------------------------
 
-    def up(self, names: Iterable[str] | None = None) -> list[VmStatus]:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the rack folder's lock: one process boots or stops its machines at a time."""
+        self.racks.mkdir(parents=True, exist_ok=True)
+        with open(self.racks / ".lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.log(f"waiting for another process booting or stopping {self.racks}")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+    def up(self, names: Iterable[str] | None = None, persist: bool = False) -> list[VmStatus]:
+        """Boot every (selected) virtual host that is not running; return their status.
+        ``persist`` (``vfio-hil rack up``): the machines stay up until ``down``, even those a
+        run booted and would have stopped at its end."""
+        with self._locked():
+            statuses = self._up(names)
+            if persist:
+                for host in self.virtual_hosts(names):
+                    (self.state_dir(host.name) / "transient").unlink(missing_ok=True)
+            return statuses
+
+    @contextlib.contextmanager
+    def use(self, names: Iterable[str] | None = None, keep: bool = False) -> Iterator[list[str]]:
+        """Boot the (selected) virtual hosts that are not running and use them while the
+        context lasts; yields the names this call booted. At the end, a machine a run booted
+        (unless ``keep``) is stopped once no live process uses it any more."""
+        hosts = [h.name for h in self.virtual_hosts(names)]
+        with self._locked():
+            before = {n for n in hosts if self._pid(self.state_dir(n)) is not None}
+            self._up(hosts)
+            booted = [n for n in hosts if n not in before]
+            for name in hosts:
+                users = self.state_dir(name) / "users"
+                users.mkdir(exist_ok=True)
+                (users / str(os.getpid())).touch()
+                marker = self.state_dir(name) / "transient"
+                if keep:
+                    marker.unlink(missing_ok=True)
+                elif name in booted:
+                    marker.touch()
+        try:
+            yield booted
+        finally:
+            with self._locked():
+                for name in hosts:
+                    self._leave(name)
+
+    def _leave(self, name: str) -> None:
+        """This process stops using ``name``; stop it when a run booted it and no live
+        process uses it any more."""
+        users = self.state_dir(name) / "users"
+        (users / str(os.getpid())).unlink(missing_ok=True)
+        live = []
+        for entry in users.iterdir() if users.is_dir() else ():
+            if entry.name.isdigit() and _pid_alive(int(entry.name)):
+                live.append(entry.name)
+            else:
+                entry.unlink(missing_ok=True)
+        if live:
+            self.log(f"{name}: left running for processes {', '.join(live)} using it")
+        elif (self.state_dir(name) / "transient").exists():
+            self._stop(name)
+
+    def _up(self, names: Iterable[str] | None = None) -> list[VmStatus]:
         """Boot every (selected) virtual host that is not running; return their status.
 
         Machines boot in parallel, as many at once as the controller has CPUs (a TCG boot
@@ -280,8 +371,8 @@ class VirtualRack:
         if not to_boot:
             return [self.status(h) for h in hosts]
         # What the boots share is made here, once: the accelerator probe and the keys.
-        if any(c.isspace() for c in str(self.home)):
-            raise RackError(f"VFIO_HIL_HOME {self.home} holds white space; pick another path")
+        if any(c.isspace() for c in str(self.racks)):
+            raise RackError(f"rack folder {self.racks} holds white space; set VFIO_HIL_HOME")
         accel = self.accel()
         for host, _ in to_boot:
             state = self.state_dir(host.name)
@@ -302,11 +393,36 @@ class VirtualRack:
     def down(self, names: Iterable[str] | None = None) -> list[str]:
         """Stop every (selected) running virtual host; return the names stopped."""
         stopped = []
-        for host in self.virtual_hosts(names):
-            if self._pid(self.state_dir(host.name)) is not None:
-                self._stop(host.name)
-                stopped.append(host.name)
+        with self._locked():
+            for host in self.virtual_hosts(names):
+                if self._pid(self.state_dir(host.name)) is not None:
+                    self._stop(host.name)
+                    stopped.append(host.name)
         return stopped
+
+    def console_size(self, host: str) -> int:
+        """How long a machine's console log is now (a mark for :meth:`console_since`)."""
+        with contextlib.suppress(OSError):
+            return (self.state_dir(host) / "console.log").stat().st_size
+        return 0
+
+    def console_since(self, host: str, mark: int) -> list[str]:
+        """The console lines a machine printed after ``mark`` (at most the last 64 KiB)."""
+        try:
+            with open(self.state_dir(host) / "console.log", "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(mark, size - 65536))
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    def qemu_log_tail(self, host: str) -> str:
+        """The last line QEMU wrote to its own log, "" when it wrote none."""
+        with contextlib.suppress(OSError):
+            lines = (self.state_dir(host) / "qemu.log").read_text(errors="replace").splitlines()
+            return next((line.strip() for line in reversed(lines) if line.strip()), "")
+        return ""
 
     # -- internals -----------------------------------------------------------------------
 
@@ -331,7 +447,7 @@ class VirtualRack:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _ensure_keys(self, state: Path) -> None:
-        racks = self.home / "racks"
+        racks = self.racks
         key = racks / "id_ed25519"
         if not key.exists():
             racks.mkdir(parents=True, exist_ok=True)
@@ -352,7 +468,7 @@ class VirtualRack:
             raise RackError("ssh-keygen is not installed (apt package openssh-client)") from None
 
     def _write_ssh_files(self, host: str, state: Path, port: int) -> None:
-        key = self.home / "racks" / "id_ed25519"
+        key = self.racks / "id_ed25519"
         (state / "authorized_keys").write_text((key.with_suffix(".pub")).read_text())
         (state / "sshd_config").write_text(
             "\n".join(
@@ -528,6 +644,7 @@ class VirtualRack:
         with contextlib.suppress(RackError):
             self.qmp(host, "quit")
         self._kill(pid)
+        (state / "transient").unlink(missing_ok=True)
         self.log(f"{host}: stopped")
 
     @staticmethod

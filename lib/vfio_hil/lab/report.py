@@ -62,13 +62,29 @@ def verdict_counts(results: list[dict[str, Any]]) -> dict[str, int]:
     return {v: counts.get(v, 0) for v in VERDICTS}
 
 
-def summary_table(results: list[dict[str, Any]], results_path: Path | None) -> str:
-    """The human summary printed at the end of a run."""
-    rows = [("CHECK", "HOST", "DEVICE", "VERDICT", "REASON")]
+def lost_hosts(results: list[dict[str, Any]]) -> dict[str, str]:
+    """The hosts lost during a run, each with the reason its checks ERRORed with."""
+    lost: dict[str, str] = {}
     for r in sorted(results, key=_order):
+        if r.get("host_lost") and r["verdict"] == "ERROR":
+            lost.setdefault(r["host"], r["reason"])
+    return lost
+
+
+def summary_table(results: list[dict[str, Any]], results_path: Path | None) -> str:
+    """The human summary printed at the end of a run. The checks a lost host left undone
+    are one line per host, not one per check."""
+    rows = [("CHECK", "HOST", "DEVICE", "VERDICT", "REASON")]
+    undone: Counter[str] = Counter()
+    for r in sorted(results, key=_order):
+        if r.get("host_lost") and r["verdict"] == "ERROR":
+            undone[r["host"]] += 1
+            continue
         dev = r["device"]["bdf"] if r.get("device") else "-"
         reason = r["reason"] if r["verdict"] != "PASS" else ""
         rows.append((r["check_id"], r["host"] or "-", dev, r["verdict"], reason[:90]))
+    for host, reason in lost_hosts(results).items():
+        rows.append((f"{undone[host]} checks", host, "-", "ERROR", reason))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]

@@ -65,6 +65,7 @@ def test_bound_records_originals_before_changing(
         },
         "groups": {EDU: 3, NVME: 5},
         "ungrouped": [],
+        "released": [],
     }
     assert vm_sysfs.driver_of(EDU) == vm_sysfs.driver_of(NVME) == "vfio-pci"
     assert vm_sysfs.override_of(NVME) == "vfio-pci"
@@ -195,6 +196,7 @@ def test_restored_returns_to_originals_and_removes_journal(
             NVME: {"original_driver": "nvme", "driver": "nvme"},
         },
         "failures": {},
+        "released": [],
     }
     assert vm_sysfs.driver_of(EDU) is None
     assert vm_sysfs.driver_of(NVME) == "nvme"
@@ -210,6 +212,7 @@ def test_restored_without_journal_changes_nothing(
         "changed": False,
         "restored": {},
         "failures": {},
+        "released": [],
     }
     assert vm_sysfs.writes == []
 
@@ -328,3 +331,70 @@ def test_ungrouped_devices_are_skipped_when_asked(
     assert result["ungrouped"] == ["0000:00:09.0"]
     assert "0000:00:09.0" not in result["bindings"]
     assert result["bindings"][EDU]["driver"] == "vfio-pci"
+
+
+def _holding(fake: FakeSysfs, pid: int, node: str, cmdline: str = "python3 -c agent") -> None:
+    """A process of the fake tree with a descriptor open on ``node``."""
+    fd_dir = fake.root / "proc" / str(pid) / "fd"
+    fd_dir.mkdir(parents=True)
+    (fd_dir / "3").symlink_to(node)
+    (fake.root / "proc" / str(pid) / "cmdline").write_bytes(cmdline.replace(" ", "\0").encode())
+
+
+def _reaper(fake: FakeSysfs, killed: list[int], survivors: tuple[int, ...] = ()):
+    def kill(pid: int) -> None:
+        killed.append(pid)
+        if pid not in survivors:
+            for entry in sorted((fake.root / "proc" / str(pid)).rglob("*"), reverse=True):
+                entry.unlink() if entry.is_symlink() or entry.is_file() else entry.rmdir()
+            (fake.root / "proc" / str(pid)).rmdir()
+
+    return kill
+
+
+def test_restore_first_ends_what_a_dead_run_left_holding_its_devices(
+    bind_mod: ModuleType, vm_sysfs: FakeSysfs, journal: Path
+) -> None:
+    bind(bind_mod, vm_sysfs, journal, [EDU, NVME])
+    _holding(vm_sysfs, 4242, "/dev/vfio/5")  # the NVMe's group, left open by a killed agent
+    _holding(vm_sysfs, 4343, "/dev/vfio/9")  # a lab's own VFIO user of another group
+    killed: list[int] = []
+    result = bind_mod.restore_devices(
+        str(journal), root=str(vm_sysfs.root), writer=vm_sysfs.write,
+        killer=_reaper(vm_sysfs, killed),
+    )  # fmt: skip
+    assert killed == [4242]
+    assert result["released"] == [
+        {"pid": 4242, "cmdline": "python3 -c agent", "node": "/dev/vfio/5"}
+    ]
+    assert result["failures"] == {} and not journal.exists()
+
+
+def test_a_holder_that_does_not_go_is_a_bind_error_naming_it(
+    bind_mod: ModuleType, vm_sysfs: FakeSysfs, journal: Path
+) -> None:
+    bind(bind_mod, vm_sysfs, journal, [EDU, NVME])
+    _holding(vm_sysfs, 4242, "/dev/vfio/3")
+    with pytest.raises(
+        bind_mod.BindError, match=r"process 4242 \(python3 -c agent\) still holds /dev/vfio/3"
+    ):
+        bind_mod.release_holders(
+            str(vm_sysfs.root), [EDU], _reaper(vm_sysfs, [], survivors=(4242,)), wait_s=0.3
+        )
+
+
+def test_binding_over_a_leftover_journal_ends_its_holders_and_a_clean_one_ends_none(
+    bind_mod: ModuleType, vm_sysfs: FakeSysfs, journal: Path
+) -> None:
+    _holding(vm_sysfs, 4343, "/dev/vfio/5")  # no journal: not ours, left alone
+    killed: list[int] = []
+    first = bind_mod.bind_devices(
+        [NVME], str(journal), root=str(vm_sysfs.root), writer=vm_sysfs.write,
+        killer=_reaper(vm_sysfs, killed),
+    )  # fmt: skip
+    assert first["released"] == [] and killed == []
+    again = bind_mod.bind_devices(
+        [NVME], str(journal), root=str(vm_sysfs.root), writer=vm_sysfs.write,
+        killer=_reaper(vm_sysfs, killed),
+    )  # fmt: skip
+    assert killed == [4343] and again["released"][0]["pid"] == 4343

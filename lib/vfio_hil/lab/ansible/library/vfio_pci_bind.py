@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from typing import Any, Callable
 
 DOCUMENTATION = r"""
@@ -40,6 +41,12 @@ options:
     description: Where the original bindings are recorded.
     type: path
     default: /var/lib/vfio-hil/bindings.json
+  release_holders:
+    description: Before restoring, end every process that still holds the VFIO group node
+      (or device cdev) of a journaled device (a run that died left them; the caller owns the
+      host, so no live run does). Binding does it too when a journal is left over.
+    type: bool
+    default: true
   skip_ungrouped:
     description: Leave devices that are in no IOMMU group alone (listed in C(ungrouped))
       instead of failing; the checks then report the platform.
@@ -75,6 +82,11 @@ failures:
   description: For state=restored, every device that could not be restored -> reason.
   returned: state=restored
   type: dict
+released:
+  description: Processes ended because they held a journaled device's VFIO node
+    (pid, command line, node).
+  returned: always
+  type: list
 """
 
 VFIO_DRIVER = "vfio-pci"
@@ -87,6 +99,9 @@ BDF_RE = re.compile(
 
 Writer = Callable[[str, str], None]
 Loader = Callable[[str], None]
+Killer = Callable[[int], None]
+#: How long a process ended by release_holders may take to go.
+RELEASE_WAIT_S = 10.0
 
 
 class BindError(Exception):
@@ -265,6 +280,75 @@ def bind_one(root: str, bdf: str, writer: Writer) -> bool:
     return True
 
 
+def vfio_nodes(root: str, bdfs: list[str]) -> set[str]:
+    """The VFIO nodes through which ``bdfs`` can be held: their groups' ``/dev/vfio/N`` and
+    their device cdevs ``/dev/vfio/devices/vfioN``."""
+    nodes = set()
+    for bdf in bdfs:
+        group = iommu_group(root, bdf)
+        if group is not None:
+            nodes.add(f"/dev/vfio/{group}")
+        cdevs = os.path.join(device_dir(root, bdf), "vfio-dev")
+        if os.path.isdir(cdevs):
+            nodes.update(f"/dev/vfio/devices/{name}" for name in os.listdir(cdevs))
+    return nodes
+
+
+def node_holders(root: str, nodes: set[str]) -> list[dict[str, Any]]:
+    """Processes with a descriptor open on one of ``nodes``: ``{pid, cmdline, node}``."""
+    proc = os.path.join(root, "proc")
+    found: list[dict[str, Any]] = []
+    pids = os.listdir(proc) if os.path.isdir(proc) else []
+    for pid in sorted((p for p in pids if p.isdigit()), key=int):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(os.path.join(proc, pid, "fd"))
+        except OSError:
+            continue  # gone, or not ours to look at
+        for fd in fds:
+            try:
+                target = os.readlink(os.path.join(proc, pid, "fd", fd))
+            except OSError:
+                continue
+            if target in nodes:
+                try:
+                    with open(os.path.join(proc, pid, "cmdline"), "rb") as handle:
+                        cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    cmdline = ""
+                found.append({"pid": int(pid), "cmdline": cmdline.strip()[:200], "node": target})
+                break
+    return found
+
+
+def _kill(pid: int) -> None:
+    os.kill(pid, 9)
+
+
+def release_holders(
+    root: str, bdfs: list[str], killer: Killer = _kill, wait_s: float = RELEASE_WAIT_S
+) -> list[dict[str, Any]]:
+    """End every process holding a VFIO node of ``bdfs`` (left by a run that died: unbinding
+    a held device blocks until its holder lets go) and wait until they are gone. Returns
+    what was ended; BindError when one outlives ``wait_s``."""
+    holders = node_holders(root, vfio_nodes(root, bdfs))
+    for holder in holders:
+        try:
+            killer(holder["pid"])
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + wait_s
+    for holder in holders:
+        while os.path.exists(os.path.join(root, "proc", str(holder["pid"]))):
+            if time.monotonic() > deadline:
+                raise BindError(
+                    f"process {holder['pid']} ({holder['cmdline']}) still holds {holder['node']}"
+                )
+            time.sleep(0.1)
+    return holders
+
+
 def bind_devices(
     devices: list[str],
     journal_path: str,
@@ -272,6 +356,7 @@ def bind_devices(
     writer: Writer = write_sysfs,
     load_driver: Loader | None = None,
     skip_ungrouped: bool = False,
+    killer: Killer = _kill,
 ) -> dict[str, Any]:
     """Bind ``devices`` and the rest of their IOMMU groups to vfio-pci.
 
@@ -290,6 +375,9 @@ def bind_devices(
                 groups[bdf] = group
 
     journal = load_journal(journal_path)
+    # A journal left over means a run died on this host; what it left holding our devices
+    # would make the checks collide with it.
+    released = release_holders(root, sorted(journal), killer) if journal else []
     unrecorded = [bdf for bdf in groups if bdf not in journal]
     for bdf in unrecorded:
         # Only first sightings are recorded: after a crash mid-bind the device
@@ -309,7 +397,13 @@ def bind_devices(
             "original_driver": journal[bdf]["original_driver"],
             "driver": current_driver(root, bdf),
         }
-    return {"changed": changed, "bindings": bindings, "groups": groups, "ungrouped": ungrouped}
+    return {
+        "changed": changed or bool(released),
+        "bindings": bindings,
+        "groups": groups,
+        "ungrouped": ungrouped,
+        "released": released,
+    }
 
 
 def restore_device(root: str, bdf: str, entry: dict[str, str | None], writer: Writer) -> None:
@@ -341,14 +435,20 @@ def restore_device(root: str, bdf: str, entry: dict[str, str | None], writer: Wr
 
 
 def restore_devices(
-    journal_path: str, root: str = "/", writer: Writer = write_sysfs
+    journal_path: str,
+    root: str = "/",
+    writer: Writer = write_sysfs,
+    release: bool = True,
+    killer: Killer = _kill,
 ) -> dict[str, Any]:
-    """Restore every journaled device; remove the journal once all are back.
+    """Restore every journaled device; remove the journal once all are back. With
+    ``release``, first end what still holds them (:func:`release_holders`).
 
-    Returns {"changed", "restored", "failures"}; a device that fails does not
+    Returns {"changed", "restored", "failures", "released"}; a device that fails does not
     stop the others, and keeps the journal for a later retry.
     """
     journal = load_journal(journal_path)
+    released = release_holders(root, sorted(journal), killer) if journal and release else []
     written: list[str] = []
 
     def recording_writer(path: str, value: str) -> None:
@@ -372,9 +472,10 @@ def restore_devices(
     if journal and not failures:
         os.unlink(journal_path)
     return {
-        "changed": bool(written) or (bool(journal) and not failures),
+        "changed": bool(written) or (bool(journal) and not failures) or bool(released),
         "restored": restored,
         "failures": failures,
+        "released": released,
     }
 
 
@@ -389,6 +490,7 @@ def main() -> None:
             "state": {"type": "str", "choices": ["bound", "restored"], "default": "bound"},
             "journal": {"type": "path", "default": DEFAULT_JOURNAL},
             "skip_ungrouped": {"type": "bool", "default": False},
+            "release_holders": {"type": "bool", "default": True},
         },
         required_if=[("state", "bound", ["devices"])],
     )
@@ -406,7 +508,7 @@ def main() -> None:
                 skip_ungrouped=params["skip_ungrouped"],
             )
         else:
-            result = restore_devices(params["journal"])
+            result = restore_devices(params["journal"], release=params["release_holders"])
     except (BindError, OSError) as exc:
         module.fail_json(msg=str(exc), journal=params["journal"])
     if result.get("failures"):
