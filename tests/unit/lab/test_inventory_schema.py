@@ -209,7 +209,7 @@ def test_rack_hosts_before_or_after_the_options(
     inv = tmp_path / "inv.yml"
     inv.write_text(GOOD)
     asked: list[list[str] | None] = []
-    monkeypatch.setattr(VirtualRack, "up", lambda _self, names=None: asked.append(names))
+    monkeypatch.setattr(VirtualRack, "up", lambda _self, names=None, **kw: asked.append(names))
     monkeypatch.setattr(VirtualRack, "down", lambda _self, names=None: asked.append(names))
     assert cli.main([a.format(inv=inv) for a in argv]) == 0, capsys.readouterr().err
     assert asked == ([] if argv[1] == "status" else [["v"]])
@@ -237,7 +237,8 @@ def test_good_inventories_of_the_repo_load(path: Path) -> None:
 
 def test_e2e_inventory_reads_as_written() -> None:
     hosts = load_inventory(REPO / "tests" / "e2e" / "inventory.yml").hosts
-    assert len(hosts) == 13
+    assert len(hosts) == 14
+    assert hosts["e2e-newest"].vm.kernel == "linux-image-amd64/sid"  # type: ignore[union-attr]
     amd, nointremap = hosts["e2e-amd"].vm, hosts["e2e-nointremap"].vm
     assert amd is not None and nointremap is not None
     assert (amd.iommu, amd.iommu_options, amd.memory_mb) == ("amd", "", 1536)
