@@ -115,10 +115,24 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line. ``rack``'s hosts may come before or after its options
+    (``rack up --inventory FILE HOST``): argparse fills a ``nargs='*'`` positional once, so
+    the hosts after an option come back unrecognised and are added to it here."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "rack":
+        args.hosts = [*(args.hosts or []), *(a for a in extra if not a.startswith("-"))]
+        extra = [a for a in extra if a.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vfio-hil`` console script."""
     try:
-        args = _parser().parse_args(argv)
+        args = _parse(argv)
         if args.command == "rack":
             return rack_command(args.action, load_inventory(args.inventory), args.hosts or None)
         if args.command == "checks":

@@ -33,7 +33,7 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from vfio_hil.lab.errors import RackError
+from vfio_hil.lab.errors import RackError, UsageError
 from vfio_hil.lab.inventory import Host, Inventory
 from vfio_hil.lab.kernel import KernelCache, KernelImage
 
@@ -217,7 +217,7 @@ class VirtualRack:
             unknown = wanted - {h.name for h in hosts}
             if unknown:
                 names = ", ".join(sorted(unknown))
-                raise RackError(f"not a virtual host of the inventory: {names}")
+                raise UsageError(f"not a virtual host of the inventory: {names}")
             hosts = [h for h in hosts if h.name in wanted]
         return hosts
 
@@ -300,10 +300,11 @@ class VirtualRack:
         """Boot every (selected) virtual host that is not running; return their status.
         ``persist`` (``vfio-hil rack up``): the machines stay up until ``down``, even those a
         run booted and would have stopped at its end."""
+        hosts = self.virtual_hosts(names)  # bad names end here, before anything changes
         with self._locked():
             statuses = self._up(names)
             if persist:
-                for host in self.virtual_hosts(names):
+                for host in hosts:
                     (self.state_dir(host.name) / "transient").unlink(missing_ok=True)
             return statuses
 
@@ -393,8 +394,9 @@ class VirtualRack:
     def down(self, names: Iterable[str] | None = None) -> list[str]:
         """Stop every (selected) running virtual host; return the names stopped."""
         stopped = []
+        hosts = self.virtual_hosts(names)
         with self._locked():
-            for host in self.virtual_hosts(names):
+            for host in hosts:
                 if self._pid(self.state_dir(host.name)) is not None:
                     self._stop(host.name)
                     stopped.append(host.name)

@@ -28,7 +28,7 @@ def cli(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
     [
         (None, "no such file"),
         ("all:\n  hosts:\n    h: [1, 2\n", "not valid YAML"),
-        ("all:\n  hosts:\n    h: {vm_iommu: sparc}\n", "vm_iommu 'sparc'"),
+        ("all:\n  hosts:\n    h: {vm_iommu: sparc}\n", "vm_iommu: 'sparc' is not one of"),
     ],
 )
 def test_bad_inventory_exits_2_with_one_line_and_boots_nothing(

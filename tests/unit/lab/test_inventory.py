@@ -72,7 +72,7 @@ def test_real_host_lists_its_devices(tmp_path: Path) -> None:
         ("all:\n  host: {}\n", "unknown key(s) host"),
         ("all:\n  hosts: {}\n", "defines no hosts"),
         ("all:\n  hosts:\n    r1: {}\n", "a real host needs 'vfio_devices'"),
-        ("all:\n  hosts:\n    v: {vm_iommu: arm}\n", "vm_iommu 'arm' is not one of"),
+        ("all:\n  hosts:\n    v: {vm_iommu: arm}\n", "vm_iommu: 'arm' is not one of"),
         (
             "all:\n  hosts:\n    v:\n      vm_devices:\n"
             "        [{model: edu, slot: 4}, {model: edu, slot: 4}]\n",
