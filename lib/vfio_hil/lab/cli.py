@@ -24,6 +24,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vfio_hil.lab import CHECKOUT
 from vfio_hil.lab.baseline import (
     DEFAULT_TOLERANCES,
     BaselineStore,
@@ -39,7 +40,7 @@ from vfio_hil.lab.rack import VirtualRack
 from vfio_hil.lab.report import new_run_id, prepare_run_dir
 from vfio_hil.lab.session import Lab
 
-CONFORMANCE_DIR = Path(__file__).resolve().parents[3] / "conformance"
+CONFORMANCE_DIR = CHECKOUT / "conformance"
 # pytest exit codes after which the checks' own teardown ran (0 passed, 1 some failed).
 PYTEST_COMPLETED = (0, 1)
 
@@ -266,6 +267,7 @@ def run_command(args: argparse.Namespace) -> int:
             "--vfio-inventory", str(args.inventory.resolve()),
             "--vfio-reports", str(args.reports.resolve()),
             "--vfio-run-id", run_id,
+            "--vfio-lock-wait", str(args.lock_wait),
             "--vfio-baselines", str((args.baselines or default_dir()).resolve()),
             # Explicit, so that pytest-xdist workers write them too.
             "--alluredir", str(run_dir / "allure-results"),

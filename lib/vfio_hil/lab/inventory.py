@@ -31,9 +31,10 @@ from pydantic import (
     model_validator,
 )
 
+from vfio_hil.lab import CHECKOUT
 from vfio_hil.lab.errors import InventoryError
 
-DEFAULT_INVENTORY = Path(__file__).resolve().parents[3] / "inventory" / "virtual.yml"
+DEFAULT_INVENTORY = CHECKOUT / "inventory" / "virtual.yml"
 
 IOMMU_KINDS = ("intel", "amd", "virtio", "none")
 DEFAULT_IOMMU_OPTIONS = {

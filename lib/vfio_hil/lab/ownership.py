@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vfio_hil.dut import hostlock
+from vfio_hil.lab import CHECKOUT
 from vfio_hil.lab.errors import ChannelError, HilError
 
 #: How long a run waits for a host another run holds, unless told otherwise.
@@ -55,7 +56,7 @@ class Holder:
             run_id=run_id,
             controller=socket.gethostname(),
             pid=os.getpid(),
-            checkout=str(Path(__file__).resolve().parents[3]),
+            checkout=str(CHECKOUT),
         )
 
 

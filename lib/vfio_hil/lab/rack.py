@@ -33,6 +33,7 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from vfio_hil.lab import CHECKOUT
 from vfio_hil.lab.errors import RackError, UsageError
 from vfio_hil.lab.inventory import Host, Inventory
 from vfio_hil.lab.kernel import KernelCache, KernelImage
@@ -64,7 +65,7 @@ def default_home() -> Path:
 def checkout_tag(root: Path | None = None) -> str:
     """A short name of the checkout (the folder holding this package's source): its folder
     name and a hash of its path, ``vfio-hil-1a2b3c4d``."""
-    root = root or Path(__file__).resolve().parents[3]
+    root = root or CHECKOUT
     name = re.sub(r"[^A-Za-z0-9._-]", "_", root.name)[:24]
     return f"{name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
 
