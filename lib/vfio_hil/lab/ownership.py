@@ -103,6 +103,10 @@ class LockKeeper:
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
+            # Out of the terminal's process group: Ctrl-C must not drop the lock while the
+            # run is still restoring the host. The keeper ends when this end of its stdin
+            # closes, which our death (even SIGKILL) does too.
+            start_new_session=True,
         )
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

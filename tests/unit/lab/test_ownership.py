@@ -133,3 +133,12 @@ def test_the_ssh_command_gets_its_own_connection() -> None:
     ]
     assert cmd[-2] == "vdut0"
     assert cmd[-1].startswith("/usr/bin/python3 -c ") and cmd[-1].endswith(" /run/vfio-hil")
+
+
+def test_the_keeper_is_out_of_reach_of_the_terminals_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C reaches the run's process group; the keeper (its own session) keeps the lock
+    until the run has restored the host and closes it."""
+    keeper = _keeper(tmp_path)
+    keeper.own(_holder("run-A"))
+    assert os.getpgid(keeper._proc.pid) != os.getpgrp()
+    keeper.close()
