@@ -7,12 +7,15 @@ Every play's artifacts (stdout, events) stay in the run's report folder under ``
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import py_compile
+import signal
 import sys
 import tempfile
+import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +151,31 @@ def check_device_models(host: Host, devices: dict[str, dict[str, Any]]) -> None:
         raise InventoryError(f"{host.name}: " + "; ".join(wrong))
 
 
+@contextlib.contextmanager
+def _interrupt_watch() -> Iterator[Callable[[], bool]]:
+    """Notice Ctrl-C and SIGTERM during a play; yield the question "did one come?".
+
+    ansible-runner's own watch replaces the process's SIGINT and SIGTERM handlers for good,
+    so a Ctrl-C after the first play would be swallowed and the run would go on. Ours is
+    given to it as its cancel callback and puts the previous handlers back after the play.
+    Outside the main thread no handler can be set: the question is then always "no".
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    came = threading.Event()
+
+    def note(signum: int, frame: object) -> None:
+        came.set()
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield came.is_set
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class Provisioner:
     """Runs the vfio-hil playbooks against the hosts of an inventory."""
 
@@ -223,18 +251,20 @@ class Provisioner:
             # ansible-runner starts ansible-playbook by name: use this interpreter's.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
-        result = ansible_runner.run(
-            private_data_dir=str(self.work_dir),
-            project_dir=str(ANSIBLE_DIR / "playbooks"),
-            playbook=playbook,
-            inventory=str(inventory),
-            ident=ident,
-            envvars=env,
-            quiet=True,
-            rotate_artifacts=0,
-        )
-        if result.status == "canceled":
-            # ansible-runner swallows Ctrl-C and cancels the play: pass it on to our caller.
+        with _interrupt_watch() as interrupted:
+            result = ansible_runner.run(
+                private_data_dir=str(self.work_dir),
+                project_dir=str(ANSIBLE_DIR / "playbooks"),
+                playbook=playbook,
+                inventory=str(inventory),
+                ident=ident,
+                envvars=env,
+                quiet=True,
+                rotate_artifacts=0,
+                cancel_callback=interrupted,
+            )
+        if interrupted() or result.status == "canceled":
+            # Ctrl-C during the play (which cancels it, or came as it ended): our caller's.
             raise KeyboardInterrupt
         tasks: dict[str, dict[str, Any]] = {name: {} for name in names}
         failures = []
