@@ -4,6 +4,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The Allure 3 report generator (npm, pinned by package.json and its lock; needs Node.js 20+).
+ALLURE_DIR := tools/allure
+ALLURE_STAMP := $(ALLURE_DIR)/node_modules/.installed
 # Debian packages the virtual rack needs on the controller. The guests boot the controller's
 # own filesystem, so their sshd, python3-cffi and fio (the kernel-driver side of the PERF
 # near-native ratio) come from here too.
@@ -36,7 +39,7 @@ rack-up: deps
 rack-down: deps
 	$(BIN)/vfio-hil rack down
 
-deps: system-deps $(VENV)/.installed
+deps: system-deps $(VENV)/.installed $(ALLURE_STAMP)
 
 # Installs only what is missing: a second run does no apt work.
 system-deps:
@@ -55,8 +58,13 @@ $(VENV)/.installed: pyproject.toml setup.py lib/vfio_hil/core/perf/hotpath.c lib
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
+# `npm ci` where Node.js 20 or newer is there; otherwise one line saying what to install (only
+# `vfio-hil report allure` needs it, and it installs the same way on first use).
+$(ALLURE_STAMP): $(ALLURE_DIR)/package.json $(ALLURE_DIR)/package-lock.json $(VENV)/.installed
+	$(BIN)/python -m vfio_hil.lab.allure_report
+
 clean:
-	rm -rf $(VENV) build *.egg-info lib/*.egg-info
+	rm -rf $(VENV) build *.egg-info lib/*.egg-info $(ALLURE_DIR)/node_modules
 
 # DMA map+unmap rates through the core library against the same ioctls in a C loop, measured
 # on a virtual rack DUT (benchmarks/); prints figures, judges nothing.

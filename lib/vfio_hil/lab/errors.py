@@ -22,6 +22,13 @@ class UsageError(HilError):
     exit_code = 2
 
 
+class ToolError(HilError):
+    """A tool a command needs (Node.js, the Allure report generator) is missing, too old or
+    could not be installed."""
+
+    exit_code = 2
+
+
 class RackError(HilError):
     """The virtual rack could not boot or be reached."""
 
