@@ -6,6 +6,7 @@
     vfio-hil checks list [--json]
     vfio-hil baseline save RUN [RUN ...] [--baselines DIR] [--tolerance PATTERN=PCT ...]
     vfio-hil baseline show [--baselines DIR]
+    vfio-hil report allure [RUN ...] [--reports DIR] [--out DIR]
 
 Exit status: 0 all checks PASS or SKIP; 1 a check FAILed or ERRORed; 2 bad input (inventory,
 options, a device that is not there); 3 the lab broke (rack boot, provisioning, a host lost
@@ -25,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vfio_hil.lab import CHECKOUT
+from vfio_hil.lab.allure_report import check_run_folders, install_allure, report_runs
 from vfio_hil.lab.baseline import (
     DEFAULT_TOLERANCES,
     BaselineStore,
@@ -95,6 +97,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     show = actions.add_parser("show", help="list the saved baselines")
     show.add_argument("--baselines", type=Path, help=BASELINES_HELP)
+    report = sub.add_parser("report", help="build the reports of runs")
+    kinds = report.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    allure_report = kinds.add_parser(
+        "allure", help="the Allure HTML report of runs, one per platform, with its history"
+    )
+    allure_report.add_argument(
+        "runs", nargs="*", type=Path, metavar="RUN", help="a run folder (default: REPORTS/latest)"
+    )
+    allure_report.add_argument(
+        "--reports",
+        type=Path,
+        default=Path("reports"),
+        help="the reports folder: its latest run and allure-history/ (default: ./reports)",
+    )
+    allure_report.add_argument(
+        "--out", type=Path, help="where the report goes (default: RUN/allure-report)"
+    )
     return p
 
 
@@ -142,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             return baseline_command(args)
         if args.command == "restore":
             return restore_command(args)
+        if args.command == "report":
+            return allure_report_command(args)
         return run_command(args)
     except HilError as exc:
         print(f"vfio-hil: error: {exc}", file=sys.stderr)
@@ -204,6 +225,19 @@ def baseline_command(args: argparse.Namespace) -> int:
             f"{path}: {baseline.figure_count()} figures of {', '.join(baseline.check_ids())} "
             f"({platform_text(baseline.platform)})"
         )
+    return 0
+
+
+def allure_report_command(args: argparse.Namespace) -> int:
+    """``vfio-hil report allure``: per run, its index page and a line per platform report."""
+    runs = args.runs or [args.reports / "latest"]
+    check_run_folders(runs)
+    tool = install_allure(log=log)
+    built = report_runs(runs, args.reports / "allure-history", tool, out=args.out, log=log)
+    for run in built:
+        print(f"{run.run_id}: {run.index}")
+        for report in run.platforms:
+            print(f"  {report.text()}")
     return 0
 
 
