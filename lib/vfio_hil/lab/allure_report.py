@@ -30,6 +30,7 @@ report where any trace of it is left is refused.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import json
@@ -72,6 +73,7 @@ _BEACON_SCRIPTS = (
     # Its configuration: an inline <script> that sets up dataLayer and calls gtag(...).
     re.compile(r"<script>(?:(?!</script>).)*?\bgtag\((?:(?!</script>).)*?</script>", re.S),
 )
+_EMBEDDED_CODE = re.compile(rb"data:text/(?:javascript|css);base64,([A-Za-z0-9+/=]+)")
 
 Log = Callable[[str], None]
 
@@ -383,10 +385,16 @@ def strip_beacon(report_dir: Path) -> None:
                 stripped = script.sub("", stripped)
             if stripped != text:
                 path.write_text(stripped, encoding="utf-8")
-        data = path.read_bytes()
-        left = [marker.decode() for marker in BEACON_MARKERS if marker in data]
+        left = beacon_traces(path.read_bytes())
         if left:
             raise HilError(f"{path}: Allure's analytics beacon is still there ({left[0]})")
+
+
+def beacon_traces(content: bytes) -> list[str]:
+    """The beacon markers found in a file's content, or in the scripts and styles it embeds
+    as base64 ``data:`` URLs (the single-file report's whole application is one)."""
+    embedded = [base64.b64decode(m) for m in _EMBEDDED_CODE.findall(content)]
+    return [m.decode() for m in BEACON_MARKERS if any(m in c for c in [content, *embedded])]
 
 
 def index_page(run_id: str, reports: Sequence[PlatformReport], out: Path) -> str:

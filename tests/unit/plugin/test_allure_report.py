@@ -18,6 +18,7 @@ from vfio_hil.lab.allure_report import (
     BEACON_MARKERS,
     PLATFORM_LABEL,
     AllureTool,
+    beacon_traces,
     find_node,
     group_by_platform,
     install_allure,
@@ -121,6 +122,8 @@ def test_report_per_platform_builds_up_history_without_beacon(
     for path in generated:
         content = path.read_bytes()
         assert not [m for m in BEACON_MARKERS if m in content], path
+        assert beacon_traces(content) == [], path  # nor in the application it embeds
+    assert b"data:text/javascript;base64," in index.read_bytes()
 
 
 def test_results_without_a_platform_take_their_hosts() -> None:
@@ -149,8 +152,13 @@ def test_beacon_stripped_or_refused(tmp_path: Path) -> None:
     assert page.read_text() == (
         "<body><div id=app></div>\n\n\n<script>window.allure = {};</script></body>"
     )
+    bundle = base64.b64encode(b"window.dataLayer.push(1)").decode()
+    (tmp_path / "single.html").write_text(f'<script src="data:text/javascript;base64,{bundle}">')
+    with pytest.raises(HilError, match=r"single.html: .*beacon is still there \(dataLayer\)"):
+        strip_beacon(tmp_path)
+    (tmp_path / "single.html").unlink()
     (tmp_path / "app.js").write_text("fetch('https://www.googletagmanager.com/collect')")
-    with pytest.raises(HilError, match="beacon is still there"):
+    with pytest.raises(HilError, match=r"app.js: .*beacon is still there"):
         strip_beacon(tmp_path)
 
 
