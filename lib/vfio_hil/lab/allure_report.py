@@ -220,9 +220,9 @@ def report_run(
     if not results:
         raise UsageError(f"{run_dir}: {source} holds no allure result")
     containers = _read_json(source, "container")
+    name = f"vfio-hil run {run_dir.name}"
     reports = []
     for platform_id, members in sorted(group_by_platform(list(results.values())).items()):
-        name = f"vfio-hil run {run_dir.name}"
         target = out / platform_id
         history = history_dir / f"{platform_id}.jsonl"
         if log is not None:
@@ -243,8 +243,15 @@ def report_run(
 
 
 def _read_json(folder: Path, kind: str) -> dict[str, dict[str, Any]]:
-    """The ``*-<kind>.json`` files of an allure-results folder, by file name."""
-    return {p.name: json.loads(p.read_text()) for p in sorted(folder.glob(f"*-{kind}.json"))}
+    """The ``*-<kind>.json`` files of an allure-results folder, by file name; UsageError
+    naming a file that is not JSON (a run killed as it wrote it)."""
+    found = {}
+    for path in sorted(folder.glob(f"*-{kind}.json")):
+        try:
+            found[path.name] = json.loads(path.read_text())
+        except ValueError as exc:
+            raise UsageError(f"{path}: not an allure {kind} ({exc})") from None
+    return found
 
 
 def label_value(result: dict[str, Any], name: str) -> str | None:
@@ -256,16 +263,15 @@ def group_by_platform(results: Iterable[dict[str, Any]]) -> dict[str, list[dict[
     """Results by platform id. A result without a platform label is given (in place) the
     platform labels of its host's other results, else ``unknown``."""
     results = list(results)
-    known: dict[str, list[dict[str, Any]]] = {}
+    by_host: dict[str, list[dict[str, str]]] = {}
     for result in results:
         host = label_value(result, HOST_LABEL)
         if host is not None and label_value(result, PLATFORM_LABEL) is not None:
-            known.setdefault(host, [_platform_labels(result)])
+            by_host.setdefault(host, _platform_labels(result))
     groups: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         if label_value(result, PLATFORM_LABEL) is None:
-            fallback = known.get(label_value(result, HOST_LABEL) or "", [])
-            labels = fallback[0] if fallback else _unknown_labels()
+            labels = by_host.get(label_value(result, HOST_LABEL) or "") or _unknown_labels()
             result["labels"] = [
                 *(lb for lb in result.get("labels", []) if lb["name"] != "parentSuite"),
                 *labels,

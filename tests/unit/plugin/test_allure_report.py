@@ -74,7 +74,10 @@ def report_data(index: Path) -> list[dict[str, Any]]:
 
 
 def test_report_per_platform_builds_up_history_without_beacon(
-    pytester: pytest.Pytester, tmp_path: Path, allure_tool: AllureTool
+    pytester: pytest.Pytester,
+    tmp_path: Path,
+    allure_tool: AllureTool,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pytester.makeconftest(FAKE_LAB)
     pytester.makepyfile(test_checks=CHECKS)
@@ -104,11 +107,16 @@ def test_report_per_platform_builds_up_history_without_beacon(
     assert f'href="{platform_id}/index.html"' in built.index.read_text()
     assert len(history.read_text().splitlines()) == 1
 
+    # The command: the latest run of --reports, its history under --reports.
     second = one_run(pytester, tmp_path)
-    [built] = report_runs([second], history.parent, allure_tool)
+    capsys.readouterr()
+    assert main(["report", "allure", "--reports", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{second.name}: {second / 'allure-report' / 'index.html'}"
+    assert out[1].startswith(f"  {second / 'allure-report' / platform_id / 'index.html'} (")
     assert len(history.read_text().splitlines()) == 2
     # Reporting a run again replaces its history entry.
-    report_runs([second], history.parent, allure_tool)
+    [built] = report_runs([second], history.parent, allure_tool)
     assert len(history.read_text().splitlines()) == 2
 
     index = built.platforms[0].index
