@@ -57,6 +57,9 @@ NODE_HINT = (
     f"install Node.js {MIN_NODE_MAJOR} or newer (nodejs.org, NodeSource or nvm; Debian 12's "
     "nodejs is 18), then run `make deps`"
 )
+#: Reports a platform's history keeps (Allure trims the file to them): about three months of
+#: nightly runs. The results store is the long-term record; this is the report's trend.
+HISTORY_LIMIT = 100
 #: The allure label naming a result's platform (the id of ``baseline.platform_key``).
 PLATFORM_LABEL = "platform_id"
 #: The allure label naming the DUT host a result's check ran on.
@@ -336,11 +339,13 @@ def _generate(
 def allure_config(name: str, output: Path, history: Path) -> dict[str, Any]:
     """The Allure 3 configuration (``allurerc.json``) of one platform's report: the awesome
     report as one self-contained ``index.html`` (it opens from a file, no server needed),
-    grouped by platform, area and host, with the platform's history file."""
+    grouped by platform, area and host, with the platform's history file (its last
+    :data:`HISTORY_LIMIT` reports)."""
     return {
         "name": name,
         "output": str(output),
         "historyPath": str(history),
+        "historyLimit": HISTORY_LIMIT,
         "plugins": {
             "awesome": {
                 "options": {

@@ -124,6 +124,7 @@ def test_report_per_platform_builds_up_history_without_beacon(
     assert set(data) == {"CFG-901", "RST-902"}
     assert data["CFG-901"]["groupedLabels"]["parentSuite"] == [platform]
     assert data["CFG-901"]["groupedLabels"]["tag"] == ["CFG", "CFG-901"]
+    assert data["CFG-901"]["breadcrumbs"] == [[platform, "CFG", "lab-3"]]
     assert len(data["CFG-901"]["history"]) == 1  # the first run's verdict
     generated = [p for p in index.parent.rglob("*") if p.is_file()]
     assert index in generated
