@@ -165,7 +165,8 @@ def install_allure(tool_dir: Path = TOOL_DIR, log: Log | None = None) -> AllureT
         if log is not None:
             log(f"installing allure {pinned_version(tool_dir)} with npm ci in {tool_dir}")
         done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            # No package of the lock has install scripts; none may start running any.
+            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
             cwd=tool_dir,
             capture_output=True,
             text=True,
