@@ -115,11 +115,14 @@ def test_report_per_platform_builds_up_history_without_beacon(
     assert out[0] == f"{second.name}: {second / 'allure-report' / 'index.html'}"
     assert out[1].startswith(f"  {second / 'allure-report' / platform_id / 'index.html'} (")
     assert len(history.read_text().splitlines()) == 2
-    # Reporting a run again replaces its history entry.
-    [built] = report_runs([second], history.parent, allure_tool)
-    assert len(history.read_text().splitlines()) == 2
+    # Reporting runs again, elsewhere: oldest first, each replacing its history entry.
+    web = tmp_path / "web"
+    built = report_runs([second, first], history.parent, allure_tool, out=web)
+    assert [run.index for run in built] == [web / r.name / "index.html" for r in (first, second)]
+    entries = [json.loads(line)["name"] for line in history.read_text().splitlines()]
+    assert entries == [f"vfio-hil run {first.name}", f"vfio-hil run {second.name}"]
 
-    index = built.platforms[0].index
+    index = built[1].platforms[0].index
     data = {label_value(r, "check_id"): r for r in report_data(index)}
     assert set(data) == {"CFG-901", "RST-902"}
     assert data["CFG-901"]["groupedLabels"]["parentSuite"] == [platform]
