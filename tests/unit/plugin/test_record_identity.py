@@ -57,3 +57,5 @@ def test_records_carry_what_the_device_says(
         "TST-002": {**base, "identity": IDENTITY},
         "TST-003": {**base, "identity": IDENTITY},
     }
+    # The platform names the IOMMU's default domain type: part of the platform's identity.
+    assert {r["platform"]["iommu_mode"] for r in records} == {"DMA-FQ"}
