@@ -103,6 +103,10 @@ class ResultKey:
     device_bdf: Optional[str] = None
     variant: Optional[str] = None
 
+    def sort_key(self) -> tuple[str, ...]:
+        """The key as strings, for sorting (None first)."""
+        return tuple(v or "" for v in vars(self).values())
+
     def device_text(self) -> str:
         """``vdut0 0000:00:06.0 [sysfs]``: host, device and variant."""
         text = f"{self.host} {self.device_bdf or '-'}"
@@ -333,7 +337,7 @@ class ResultsStore:
         latest: dict[ResultKey, StoredResult] = {}
         for result in self.history(platform_id):
             latest[result.key] = result
-        return sorted(latest.values(), key=lambda r: _key_order(r.key))
+        return sorted(latest.values(), key=lambda r: r.key.sort_key())
 
     def figure_history(
         self,
@@ -574,10 +578,6 @@ def _key_filter(key: ResultKey) -> list[Any]:
         ResultRow.device_bdf == (key.device_bdf or ""),
         ResultRow.variant == (key.variant or ""),
     ]
-
-
-def _key_order(key: ResultKey) -> tuple[str, ...]:
-    return tuple(v or "" for v in vars(key).values())
 
 
 def _run_info(row: RunRow, platform_ids: set[str]) -> RunInfo:
