@@ -396,16 +396,24 @@ def run_command(args: argparse.Namespace) -> int:
         log(f"report: {run_dir}")
     for reason in lost.values():
         print(f"vfio-hil: error: {reason}", file=sys.stderr)
-    # A store that cannot take the run is lab trouble: exit 3, unless the run already failed.
     recorded = (
         record_run(run_dir, args.store, args.reports)
         if (run_dir / "results.json").is_file()
         else True
     )
-    if lost and rc in PYTEST_COMPLETED:
+    return run_status(rc, bool(lost), recorded)
+
+
+def run_status(pytest_status: int, hosts_lost: bool, recorded: bool) -> int:
+    """The exit status of ``vfio-hil run`` from pytest's, whether a host was lost and whether
+    the results store took the run (a store that could not is lab trouble: 3, unless the run
+    already ended non-zero)."""
+    if hosts_lost and pytest_status in PYTEST_COMPLETED:
         return 3
     # pytest: 2 interrupted, 3 internal error, 4 usage error; a signal shows as negative.
-    status = {2: 130, -signal.SIGINT: 130, 3: 3, 4: 2}.get(rc, 3 if rc < 0 else rc)
+    status = {2: 130, -signal.SIGINT: 130, 3: 3, 4: 2}.get(
+        pytest_status, 3 if pytest_status < 0 else pytest_status
+    )
     return status if status or recorded else 3
 
 
