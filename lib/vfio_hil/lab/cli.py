@@ -50,7 +50,6 @@ from vfio_hil.results.compare import (
     compare_runs,
     comparison_table,
 )
-from vfio_hil.results.kcidb import kcidb_document
 from vfio_hil.results.store import (
     DEFAULT_FILE,
     ENV_STORE,
@@ -288,6 +287,9 @@ def results_command(args: argparse.Namespace) -> int:
             )
             print(comparison_table(comparison))
         else:
+            # Imported here: its schema library costs every other command a quarter second.
+            from vfio_hil.results.kcidb import kcidb_document
+
             text = json.dumps(kcidb_document(store, args.runs), indent=2) + "\n"
             if args.out is None:
                 sys.stdout.write(text)

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, exists, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
@@ -365,6 +363,11 @@ def migrate(engine: Engine) -> None:
     """Bring the store's schema to the newest revision. Processes opening a new store at once
     are serialized: PostgreSQL by an advisory lock, SQLite by the write lock of a ``BEGIN
     IMMEDIATE`` transaction; the second finds the schema made."""
+    # Alembic is imported here, not with the module: it costs every vfio-hil command (the CLI
+    # imports this module) half a second, and only opening a store needs it.
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.connect() as connection:
