@@ -194,7 +194,7 @@ def compare_runs(
     median of the platform's ``window`` runs before ``run_b``."""
     before = store.results(run_a)
     after = store.results(run_b)
-    return _compare(store, run_a, before, after, baselines, window, flips, tolerances)
+    return _compare(store, run_a, run_b, before, after, baselines, window, flips, tolerances)
 
 
 def latest_changes(
@@ -218,12 +218,13 @@ def latest_changes(
     before = [r for r in history if r.run_id in earlier]
     after = [r for r in history if r.run_id == latest]
     run_a = earlier[-1] if earlier else None
-    return _compare(store, run_a, before, after, baselines, window, flips, tolerances)
+    return _compare(store, run_a, latest, before, after, baselines, window, flips, tolerances)
 
 
 def _compare(
     store: ResultsStore,
     run_a: Optional[str],
+    run_b: str,
     before: Sequence[StoredResult],
     after: Sequence[StoredResult],
     baselines: Optional[BaselineStore],
@@ -231,9 +232,6 @@ def _compare(
     flips: int,
     tolerances: Tolerances,
 ) -> Comparison:
-    if not after:
-        raise StoreError("the later run holds no results to compare")
-    run_b = after[0].run_id
     keys = {r.key for r in after}
     flaky_found: list[Flaky] = []
     trailing: list[FigureJudgement] = []

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, exists, select, text, tuple_
+from sqlalchemy import Engine, create_engine, event, exists, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -273,9 +273,10 @@ class ResultsStore:
             if until is not None:
                 query = query.where(_not_after(session, until))
             runs = list(session.scalars(query))
+            selected = query.with_only_columns(RunRow.id).order_by(None)
             pairs = session.execute(
                 select(ResultRow.run_id, ResultRow.platform_id)
-                .where(ResultRow.run_id.in_([r.id for r in runs]))
+                .where(ResultRow.run_id.in_(selected))
                 .distinct()
             )
             platforms: dict[str, set[str]] = {}
@@ -330,12 +331,23 @@ class ResultsStore:
         return self._stored(query)
 
     def latest_verdicts(self, platform_id: str) -> list[StoredResult]:
-        """Per check, host and device of ``platform_id``, its record in the latest run that
-        ran it."""
-        latest: dict[ResultKey, StoredResult] = {}
-        for result in self.history(platform_id):
-            latest[result.key] = result
-        return sorted(latest.values(), key=lambda r: r.key.sort_key())
+        """Per check, host, device and variant of ``platform_id``, its record in the latest
+        run that ran it."""
+        subject = (ResultRow.check_id, ResultRow.host, ResultRow.device_bdf, ResultRow.variant)
+        ranked = (
+            select(
+                ResultRow.id,
+                func.row_number()
+                .over(partition_by=subject, order_by=(RunRow.started.desc(), RunRow.id.desc()))
+                .label("rank"),
+            )
+            .join(RunRow, ResultRow.run_id == RunRow.id)
+            .where(ResultRow.platform_id == platform_id)
+            .subquery()
+        )
+        latest = select(ranked.c.id).where(ranked.c.rank == 1)
+        results = self._stored(_results_query().where(ResultRow.id.in_(latest)))
+        return sorted(results, key=lambda r: r.key.sort_key())
 
     def figure_history(
         self,
