@@ -18,6 +18,7 @@ a platform row two writers add at once is inserted with ``ON CONFLICT DO NOTHING
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -29,7 +30,7 @@ from typing import Any, Optional, TypeVar
 from sqlalchemy import Engine, create_engine, event, exists, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from vfio_hil.core.perf import Figure
@@ -189,7 +190,8 @@ class ResultsStore:
             )
         store = cls(engine)
         try:
-            store._guarded(lambda: migrate(engine))
+            with store._reported():
+                migrate(engine)
         except BaseException:
             engine.dispose()
             raise
@@ -218,7 +220,8 @@ class ResultsStore:
         StoreError when the folder has no valid results.json."""
         document = read_store_document(run_dir)
         parsed = _ParsedRun.of(document, run_dir)
-        return self._guarded(lambda: self._retrying(lambda: self._insert(parsed)))
+        with self._reported():
+            return self._retrying(lambda: self._insert(parsed))
 
     def _insert(self, parsed: _ParsedRun) -> bool:
         with Session(self.engine) as session, session.begin():
@@ -241,23 +244,30 @@ class ResultsStore:
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _guarded(self, call: Callable[[], T]) -> T:
-        """``call()``, with a database that cannot be reached reported as one line."""
+    @contextlib.contextmanager
+    def _reported(self) -> Iterator[None]:
+        """A database that cannot be used, reported as one line: StoreError for an SQLite
+        file (a path or a file that is not a database: bad input), StoreUnreachable for a
+        server."""
         try:
-            return call()
-        except DBAPIError as exc:
-            if not isinstance(exc, OperationalError):
-                raise
+            yield
+        except OperationalError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             if self.engine.dialect.name == "sqlite":
                 raise StoreError(f"results store {self.url}: {first}") from None
             raise StoreUnreachable(f"cannot use the results store {self.url}: {first}") from None
 
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A session to read in, its database errors reported as one line."""
+        with self._reported(), Session(self.engine) as session:
+            yield session
+
     # Reading
 
     def platforms(self) -> list[PlatformInfo]:
         """Every platform of the store, by id."""
-        with Session(self.engine) as session:
+        with self._session() as session:
             rows = session.scalars(select(PlatformRow).order_by(PlatformRow.id))
             return [PlatformInfo(r.id, dict(r.facts), r.label) for r in rows]
 
@@ -266,7 +276,7 @@ class ResultsStore:
     ) -> list[RunInfo]:
         """The runs of the store (those with results on ``platform_id`` when given; up to and
         including run ``until`` when given), oldest first."""
-        with Session(self.engine) as session:
+        with self._session() as session:
             query = select(RunRow).order_by(RunRow.started, RunRow.id)
             if platform_id is not None:
                 query = query.where(_has_platform(platform_id))
@@ -286,7 +296,7 @@ class ResultsStore:
 
     def run(self, run_id: str) -> RunInfo:
         """The run ``run_id``; StoreError when the store does not hold it."""
-        with Session(self.engine) as session:
+        with self._session() as session:
             row = _run_row(session, run_id)
             pids = session.scalars(
                 select(ResultRow.platform_id).where(ResultRow.run_id == run_id).distinct()
@@ -295,7 +305,7 @@ class ResultsStore:
 
     def document(self, run_id: str) -> dict[str, Any]:
         """The whole results.json of run ``run_id`` as it was added."""
-        with Session(self.engine) as session:
+        with self._session() as session:
             return dict(_run_row(session, run_id).document)
 
     def results(self, run_id: str, platform_id: Optional[str] = None) -> list[StoredResult]:
@@ -320,7 +330,7 @@ class ResultsStore:
         if key is not None:
             query = query.where(*_key_filter(key))
         if until is not None or last is not None:
-            with Session(self.engine) as session:
+            with self._session() as session:
                 window = select(RunRow.id).where(_has_platform(platform_id))
                 if until is not None:
                     window = window.where(_not_after(session, until))
@@ -367,7 +377,7 @@ class ResultsStore:
         ]
 
     def _stored(self, query: Any) -> list[StoredResult]:
-        with Session(self.engine) as session:
+        with self._session() as session:
             return [_stored(row, started) for row, started in session.execute(query)]
 
 
