@@ -37,7 +37,7 @@ from vfio_hil.core.perf import Figure
 from vfio_hil.lab.baseline import platform_key, platform_text
 from vfio_hil.lab.errors import ResultsFileError, StoreError, StoreUnreachable
 from vfio_hil.lab.report import VERDICTS, read_results
-from vfio_hil.results.models import FigureRow, PlatformRow, ResultRow, RunRow
+from vfio_hil.results.models import Base, FigureRow, PlatformRow, ResultRow, RunRow
 
 #: Environment variable naming the store's URL.
 ENV_STORE = "VFIO_HIL_STORE"
@@ -418,13 +418,17 @@ def _transient(exc: OperationalError) -> bool:
     return "locked" in message or "busy" in message or sqlstate.startswith("40")
 
 
-def _insert_new(session: Session, model: type, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert the rows of ``model`` whose primary key is not there yet; how many were."""
+def _insert_new(session: Session, model: type[Base], rows: Sequence[dict[str, Any]]) -> int:
+    """Insert the rows of ``model`` whose primary key is not there yet (a row another writer
+    is adding waits for its transaction); how many were inserted. Counted from RETURNING:
+    the driver's rowcount of an ``ON CONFLICT DO NOTHING`` is not reliable on every back
+    end."""
     if not rows:
         return 0
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(model).values(list(rows)).on_conflict_do_nothing()
-    return session.execute(statement).rowcount
+    table = model.__table__
+    statement = dialect.insert(table).values(list(rows)).on_conflict_do_nothing()
+    return len(session.execute(statement.returning(*table.primary_key.columns)).all())
 
 
 def _by_id(row: dict[str, Any]) -> str:

@@ -145,28 +145,35 @@ WRITER = textwrap.dedent(
     from vfio_hil.results import ResultsStore
 
     with ResultsStore.open(sys.argv[1]) as store:
-        for run_dir in sys.argv[2:]:
-            assert store.add_run(Path(run_dir)), run_dir
+        print(sum(store.add_run(Path(run_dir)) for run_dir in sys.argv[2:]))
     """
 )
 
 
-def test_two_processes_writing_at_once_lose_nothing(store_url: str, tmp_path: Path) -> None:
-    # Both open a new store (the schema is made once) and add their runs, on one platform
-    # (the platform row is inserted by whichever comes first), at the same time.
+@pytest.mark.parametrize("same_runs", [False, True], ids=["different-runs", "same-runs"])
+def test_two_processes_writing_at_once_lose_nothing(
+    store_url: str, tmp_path: Path, same_runs: bool
+) -> None:
+    # Both open a new store (the schema is made once) and add runs of one platform (the
+    # platform row is inserted by whichever comes first) at the same time: different runs
+    # (all kept), or the same runs (each added once, by one of them).
     records = [record(f"DMA-{n:03d}", figures=[("x.iops", n, "IOPS", True)]) for n in range(30)]
     dirs = [write_run(tmp_path, i, records) for i in range(1, 17)]
     writers = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, store_url, *map(str, dirs[half::2])],
+            [sys.executable, "-c", WRITER, store_url, *map(str, dirs if same_runs else dirs[i::2])],
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for half in (0, 1)
+        for i in (0, 1)
     ]
+    added = 0
     for writer in writers:
-        _, err = writer.communicate(timeout=240)
+        out, err = writer.communicate(timeout=240)
         assert writer.returncode == 0, err
+        added += int(out)
+    assert added == 16
     with ResultsStore.open(store_url) as store:
         assert [r.id for r in store.runs()] == [f"run-{i:02d}" for i in range(1, 17)]
         assert [p.id for p in store.platforms()] == [PLATFORM_ID]
