@@ -181,7 +181,13 @@ class ResultsStore:
         a bad URL or SQLite file, StoreUnreachable for a server that does not answer."""
         target = engine_url(url or store_url(None, reports))
         if target.get_backend_name() == "sqlite":
-            Path(target.database).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(target.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"store URL {_shown(target)}: cannot create {folder}: {exc.strerror}"
+                ) from None
             engine = create_engine(target, connect_args={"timeout": SQLITE_BUSY_S})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
@@ -218,10 +224,9 @@ class ResultsStore:
         """Add the run at ``run_dir`` (a run folder or its results.json), all of it in one
         transaction. False when the store holds that run id already (nothing changes).
         StoreError when the folder has no valid results.json."""
-        document = read_store_document(run_dir)
-        parsed = _ParsedRun.of(document, run_dir)
+        parsed = _ParsedRun.of(_read_document(run_dir), run_dir)
         with self._reported():
-            return self._retrying(lambda: self._insert(parsed))
+            return _retrying(lambda: self._insert(parsed))
 
     def _insert(self, parsed: _ParsedRun) -> bool:
         with Session(self.engine) as session, session.begin():
@@ -232,17 +237,6 @@ class ResultsStore:
                 return False  # another writer added it since the look above
             session.add_all(parsed.result_rows())
         return True
-
-    def _retrying(self, write: Callable[[], T]) -> T:
-        """``write()``, again after a short wait when it met a transient conflict."""
-        for attempt in range(WRITE_ATTEMPTS):
-            try:
-                return write()
-            except OperationalError as exc:
-                if attempt == WRITE_ATTEMPTS - 1 or not _transient(exc):
-                    raise
-                time.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
 
     @contextlib.contextmanager
     def _reported(self) -> Iterator[None]:
@@ -410,6 +404,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _retrying(write: Callable[[], T]) -> T:
+    """``write()``, again after a short wait when it met a transient conflict."""
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            return write()
+        except OperationalError as exc:
+            if attempt == WRITE_ATTEMPTS - 1 or not _transient(exc):
+                raise
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def _transient(exc: OperationalError) -> bool:
     """Whether a failed write may succeed when tried again: a locked or busy SQLite file, a
     PostgreSQL deadlock or serialization failure (SQLSTATE class 40)."""
@@ -435,7 +441,7 @@ def _by_id(row: dict[str, Any]) -> str:
     return row["id"]
 
 
-def read_store_document(run_dir: Path) -> dict[str, Any]:
+def _read_document(run_dir: Path) -> dict[str, Any]:
     """The results.json document of ``run_dir``, as StoreError when it is missing or
     malformed (the store's error, so that one ``except`` covers every store problem)."""
     try:
