@@ -9,6 +9,7 @@
     vfio-hil results import DIR [DIR ...] [--store URL] [--reports DIR]
     vfio-hil results compare RUN_A RUN_B [--store URL] [--reports DIR] [--baselines DIR]
     vfio-hil results export --kcidb [--out FILE] [RUN ...] [--store URL] [--reports DIR]
+    vfio-hil dashboard [--out DIR] [--store URL] [--reports DIR] [--baselines DIR] [--last N]
 
 Exit status: 0 all checks PASS or SKIP; 1 a check FAILed or ERRORed; 2 bad input (inventory,
 options, a device that is not there); 3 the lab broke (rack boot, provisioning, a host lost
@@ -50,6 +51,7 @@ from vfio_hil.results.compare import (
     compare_runs,
     comparison_table,
 )
+from vfio_hil.results.dashboard import DEFAULT_LAST, build_dashboard
 from vfio_hil.results.store import (
     DEFAULT_FILE,
     ENV_STORE,
@@ -115,17 +117,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     show = actions.add_parser("show", help="list the saved baselines")
     show.add_argument("--baselines", type=Path, help=BASELINES_HELP)
-    _results_parser(sub)
-    return p
-
-
-def _results_parser(sub: Any) -> None:
-    """``vfio-hil results import|compare|export``."""
-    results = sub.add_parser("results", help="the results store: import, compare, export")
-    actions = results.add_subparsers(dest="action", required=True, parser_class=_Parser)
     store_options = _Parser(add_help=False)
     store_options.add_argument("--store", help=STORE_HELP)
     store_options.add_argument("--reports", type=Path, default=Path("reports"))
+    _results_parser(sub, store_options)
+    dashboard = sub.add_parser(
+        "dashboard", parents=[store_options], help="the static HTML dashboard of the store"
+    )
+    dashboard.add_argument(
+        "--out", type=Path, help="the site's folder (default: REPORTS/dashboard)"
+    )
+    dashboard.add_argument("--baselines", type=Path, help=BASELINES_HELP)
+    dashboard.add_argument(
+        "--last", type=_count, default=DEFAULT_LAST, help=f"runs per platform ({DEFAULT_LAST})"
+    )
+    return p
+
+
+def _results_parser(sub: Any, store_options: argparse.ArgumentParser) -> None:
+    """``vfio-hil results import|compare|export``."""
+    results = sub.add_parser("results", help="the results store: import, compare, export")
+    actions = results.add_subparsers(dest="action", required=True, parser_class=_Parser)
     add = actions.add_parser(
         "import", parents=[store_options], help="add run folders (or reports folders) to the store"
     )
@@ -203,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             return restore_command(args)
         if args.command == "results":
             return results_command(args)
+        if args.command == "dashboard":
+            return dashboard_command(args)
         return run_command(args)
     except HilError as exc:
         print(f"vfio-hil: error: {exc}", file=sys.stderr)
@@ -296,6 +310,21 @@ def results_command(args: argparse.Namespace) -> int:
             else:
                 _write_file(args.out, text)
                 log(f"KCIDB export: {args.out}")
+    return 0
+
+
+def dashboard_command(args: argparse.Namespace) -> int:
+    """``vfio-hil dashboard``: write the static site, print where its index is."""
+    out = args.out or args.reports / "dashboard"
+    with ResultsStore.open(store_url(args.store, args.reports)) as store:
+        try:
+            index = build_dashboard(
+                store, out, baselines=BaselineStore(args.baselines or default_dir()), last=args.last
+            )
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise UsageError(f"cannot write the dashboard to {out}: {reason}") from None
+    print(f"dashboard: {index}")
     return 0
 
 
