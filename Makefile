@@ -10,8 +10,9 @@ BIN := $(VENV)/bin
 DEB_PACKAGES := qemu-system-x86 busybox-static openssh-client openssh-server kmod \
 	python3-cffi iproute2 pciutils fio
 # Debian packages only the project's own tests need: the results store's tests start a
-# PostgreSQL server of their own (initdb + pg_ctl), so `make run` does not need it.
-TEST_DEB_PACKAGES := postgresql
+# PostgreSQL server of their own (initdb + pg_ctl) and open the dashboard in headless
+# Chromium, so `make run` does not need them.
+TEST_DEB_PACKAGES := postgresql chromium
 
 .PHONY: run test unit e2e lint deps test-deps system-deps test-system-deps rack-up rack-down clean
 
