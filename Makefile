@@ -12,19 +12,23 @@ ALLURE_STAMP := $(ALLURE_DIR)/node_modules/.installed
 # near-native ratio) come from here too.
 DEB_PACKAGES := qemu-system-x86 busybox-static openssh-client openssh-server kmod \
 	python3-cffi iproute2 pciutils fio
+# Debian packages only the project's own tests need: the results store's tests start a
+# PostgreSQL server of their own (initdb + pg_ctl) and open the dashboard in headless
+# Chromium, so `make run` does not need them.
+TEST_DEB_PACKAGES := postgresql chromium
 
-.PHONY: run test unit e2e lint deps system-deps rack-up rack-down clean
+.PHONY: run test unit e2e lint deps test-deps system-deps test-system-deps rack-up rack-down clean
 
 run: deps
 	$(BIN)/vfio-hil run $(ARGS)
 
 # Lint, then the unit tests (no VM), then the end-to-end tests on the virtual rack.
-test: deps
+test: test-deps
 	$(BIN)/ruff check lib fixtures conformance tests
 	$(BIN)/pytest tests/unit -q
 	$(BIN)/pytest tests/e2e -q
 
-unit: deps
+unit: test-deps
 	$(BIN)/pytest tests/unit -q
 
 e2e: deps
@@ -41,17 +45,26 @@ rack-down: deps
 
 deps: system-deps $(VENV)/.installed $(ALLURE_STAMP)
 
-# Installs only what is missing: a second run does no apt work.
-system-deps:
-	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(DEB_PACKAGES) 2>/dev/null \
+test-deps: deps test-system-deps
+
+# Installs only what is missing from a list of Debian packages: a second run does no apt work.
+define install_debs
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(1) 2>/dev/null \
 		| awk '$$4 != "installed" {print $$1}'; \
-		for p in $(DEB_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
+		for p in $(1); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
 	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
 	if [ -n "$${missing// }" ]; then \
 		echo "installing Debian packages: $$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+endef
+
+system-deps:
+	$(call install_debs,$(DEB_PACKAGES))
+
+test-system-deps:
+	$(call install_debs,$(TEST_DEB_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml setup.py lib/vfio_hil/core/perf/hotpath.c lib/vfio_hil/core/perf/hotpath_build.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -1,10 +1,11 @@
 """Baselines: the figures a platform is expected to deliver, and the judgement of measured
 figures against them.
 
-A baseline is per platform (:func:`platform_key`: IOMMU kind, kernel, QEMU version or
-firmware, CPU model, accelerator). ``vfio-hil baseline save RUN [RUN ...]`` takes the figures
-of the given runs, groups them by platform, check, device (vendor:device), hot path and figure
-name, and keeps the median over the runs with its samples, one file per platform::
+A baseline is per platform (:func:`platform_key`: IOMMU kind and mode, interrupt remapping,
+kernel, QEMU version or firmware, CPU model, accelerator). ``vfio-hil baseline save RUN
+[RUN ...]`` takes the figures of the given runs, groups them by platform, check, device
+(vendor:device), hot path and figure name, and keeps the median over the runs with its
+samples, one file per platform::
 
     <dir>/<platform-id>.json
     {
@@ -39,15 +40,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 from vfio_hil.core.perf import Figure
-from vfio_hil.lab.errors import BaselineError
+from vfio_hil.lab.errors import BaselineError, ResultsFileError
+from vfio_hil.lab.report import read_results
 
 #: Version of the baseline file format; a file of another version is refused, not guessed at.
 FORMAT = 1
 #: Environment variable naming the baselines directory (default ``baselines``, from the cwd).
 ENV_DIR = "VFIO_HIL_BASELINES"
-#: What makes two platforms the same for figures (keys of a record's ``platform``).
+#: What makes two platforms the same, for figures and for the results store (keys of a
+#: record's ``platform``): the IOMMU kind and its default domain type, interrupt remapping,
+#: the kernel, QEMU or the firmware, the CPU and the accelerator.
 PLATFORM_FIELDS = (
     "iommu",
+    "iommu_mode",
+    "interrupt_remapping",
     "kernel_release",
     "qemu_version",
     "accel",
@@ -100,8 +106,16 @@ def platform_key(summary: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def platform_text(fields: Mapping[str, Any]) -> str:
-    """One line for a human: ``intel IOMMU, kernel 6.1.0-28-amd64, QEMU 7.2.22 (tcg), ...``."""
-    parts = [f"{fields.get('iommu')} IOMMU", f"kernel {fields.get('kernel_release')}"]
+    """One line for a human: ``intel IOMMU (DMA-FQ), interrupt remapping on, kernel
+    6.1.0-28-amd64, QEMU 7.2.22 (tcg), ...``."""
+    iommu = f"{fields.get('iommu')} IOMMU"
+    if fields.get("iommu_mode"):
+        iommu += f" ({fields['iommu_mode']})"
+    parts = [iommu]
+    remapping = fields.get("interrupt_remapping")
+    if remapping is not None:
+        parts.append(f"interrupt remapping {'on' if remapping else 'off'}")
+    parts.append(f"kernel {fields.get('kernel_release')}")
     if fields.get("qemu_version"):
         parts.append(f"QEMU {fields['qemu_version']} ({fields.get('accel')})")
     firmware = fields.get("firmware") or {}
@@ -391,16 +405,13 @@ class RunFigures:
 
 
 def read_run(path: Path) -> RunFigures:
-    """The run at ``path`` (a run folder such as ``reports/latest``, or its results.json);
-    BaselineError when it is not there, is malformed or holds no figures."""
-    results = path / "results.json" if path.is_dir() else path
+    """The run at ``path`` (see :func:`vfio_hil.lab.report.read_results`); BaselineError when
+    it is not there, is malformed or holds no figures."""
     try:
-        data = json.loads(results.read_text())
-        run = RunFigures(str(data["run"]["id"]), list(data["results"]))
-    except FileNotFoundError:
-        raise BaselineError(f"no such run: {path} (no results.json there)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BaselineError(f"{results}: not a vfio-hil results file ({exc})") from None
+        data = read_results(path)
+    except ResultsFileError as exc:
+        raise BaselineError(str(exc)) from None
+    run = RunFigures(str(data["run"]["id"]), data["results"])
     if not any(_figures_of(r) for r in run.records):
         raise BaselineError(f"run {run.run_id} ({path}) holds no figures to save")
     return run

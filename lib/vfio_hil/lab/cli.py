@@ -7,10 +7,15 @@
     vfio-hil baseline save RUN [RUN ...] [--baselines DIR] [--tolerance PATTERN=PCT ...]
     vfio-hil baseline show [--baselines DIR]
     vfio-hil report allure [RUN ...] [--reports DIR] [--out DIR]
+    vfio-hil results import DIR [DIR ...] [--store URL] [--reports DIR]
+    vfio-hil results compare RUN_A RUN_B [--store URL] [--reports DIR] [--baselines DIR]
+    vfio-hil results export --kcidb [--out FILE] [RUN ...] [--store URL] [--reports DIR]
+    vfio-hil dashboard [--out DIR] [--store URL] [--reports DIR] [--baselines DIR] [--last N]
 
 Exit status: 0 all checks PASS or SKIP; 1 a check FAILed or ERRORed; 2 bad input (inventory,
 options, a device that is not there); 3 the lab broke (rack boot, provisioning, a host lost
-during the run, a host another run held past --lock-wait); 130 Ctrl-C.
+during the run, a host another run held past --lock-wait, a results store that cannot be
+reached); 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from vfio_hil.lab import CHECKOUT
 from vfio_hil.lab.allure_report import check_run_folders, install_allure, report_runs
@@ -41,6 +47,21 @@ from vfio_hil.lab.ownership import DEFAULT_WAIT_S
 from vfio_hil.lab.rack import VirtualRack
 from vfio_hil.lab.report import new_run_id, prepare_run_dir
 from vfio_hil.lab.session import Lab
+from vfio_hil.results.compare import (
+    DEFAULT_FLIPS,
+    DEFAULT_WINDOW,
+    compare_runs,
+    comparison_table,
+)
+from vfio_hil.results.dashboard import DEFAULT_LAST, build_dashboard
+from vfio_hil.results.store import (
+    DEFAULT_FILE,
+    ENV_STORE,
+    ResultsStore,
+    engine_url,
+    run_folders,
+    store_url,
+)
 
 CONFORMANCE_DIR = CHECKOUT / "conformance"
 # pytest exit codes after which the checks' own teardown ran (0 passed, 1 some failed).
@@ -67,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", help="only these hosts (comma-separated)")
     run.add_argument("--baselines", type=Path, help=BASELINES_HELP)
     run.add_argument("--lock-wait", type=_seconds, default=DEFAULT_WAIT_S, help=LOCK_WAIT_HELP)
+    run.add_argument("--store", help=STORE_HELP)
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     rack = sub.add_parser("rack", help="boot, stop or show the virtual rack")
     rack.add_argument("action", choices=("up", "down", "status"))
@@ -114,10 +136,52 @@ def _parser() -> argparse.ArgumentParser:
     allure_report.add_argument(
         "--out", type=Path, help="where the report goes (default: RUN/allure-report)"
     )
+    store_options = _Parser(add_help=False)
+    store_options.add_argument("--store", help=STORE_HELP)
+    store_options.add_argument("--reports", type=Path, default=Path("reports"))
+    _results_parser(sub, store_options)
+    dashboard = sub.add_parser(
+        "dashboard", parents=[store_options], help="the static HTML dashboard of the store"
+    )
+    dashboard.add_argument(
+        "--out", type=Path, help="the site's folder (default: REPORTS/dashboard)"
+    )
+    dashboard.add_argument("--baselines", type=Path, help=BASELINES_HELP)
+    dashboard.add_argument(
+        "--last", type=_count, default=DEFAULT_LAST, help=f"runs per platform ({DEFAULT_LAST})"
+    )
     return p
 
 
+def _results_parser(sub: Any, store_options: argparse.ArgumentParser) -> None:
+    """``vfio-hil results import|compare|export``."""
+    results = sub.add_parser("results", help="the results store: import, compare, export")
+    actions = results.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    add = actions.add_parser(
+        "import", parents=[store_options], help="add run folders (or reports folders) to the store"
+    )
+    add.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
+    compare = actions.add_parser(
+        "compare", parents=[store_options], help="what changed from one run to another"
+    )
+    compare.add_argument("run_a", metavar="RUN_A")
+    compare.add_argument("run_b", metavar="RUN_B")
+    compare.add_argument("--baselines", type=Path, help=BASELINES_HELP)
+    compare.add_argument("--window", type=_count, default=DEFAULT_WINDOW, help=WINDOW_HELP)
+    compare.add_argument("--flips", type=_count, default=DEFAULT_FLIPS, help=FLIPS_HELP)
+    export = actions.add_parser("export", parents=[store_options], help="export runs")
+    export.add_argument("--kcidb", action="store_true", required=True, help="as KCIDB v5 JSON")
+    export.add_argument("--out", type=Path, help="write to FILE (default: standard output)")
+    export.add_argument("runs", nargs="*", metavar="RUN", help="run ids (default: every run)")
+
+
 BASELINES_HELP = "baselines directory (default: $VFIO_HIL_BASELINES, else ./baselines)"
+STORE_HELP = (
+    f"results store URL: sqlite:///FILE or postgresql://USER@HOST/DB (default: ${ENV_STORE}, "
+    f"else sqlite in the reports folder's {DEFAULT_FILE})"
+)
+WINDOW_HELP = f"runs of a platform the flaky and median judgements look at ({DEFAULT_WINDOW})"
+FLIPS_HELP = f"outcome flips within the window that make a result flaky ({DEFAULT_FLIPS})"
 LOCK_WAIT_HELP = (
     "seconds to wait for a host another run holds, then exit 3 naming the holder "
     f"(default {DEFAULT_WAIT_S:.0f})"
@@ -133,6 +197,13 @@ def _seconds(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
     return value
+
+
+def _count(text: str) -> int:
+    """A positive whole number."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -163,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             return restore_command(args)
         if args.command == "report":
             return allure_report_command(args)
+        if args.command == "results":
+            return results_command(args)
+        if args.command == "dashboard":
+            return dashboard_command(args)
         return run_command(args)
     except HilError as exc:
         print(f"vfio-hil: error: {exc}", file=sys.stderr)
@@ -241,6 +316,75 @@ def allure_report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def results_command(args: argparse.Namespace) -> int:
+    """``vfio-hil results import|compare|export``."""
+    with ResultsStore.open(store_url(args.store, args.reports)) as store:
+        if args.action == "import":
+            for run_dir in [d for arg in args.dirs for d in run_folders(arg)]:
+                added = store.add_run(run_dir)
+                print(f"{run_dir}: {'added' if added else 'already in the store'}")
+        elif args.action == "compare":
+            baselines = BaselineStore(args.baselines or default_dir())
+            comparison = compare_runs(
+                store,
+                args.run_a,
+                args.run_b,
+                baselines=baselines,
+                window=args.window,
+                flips=args.flips,
+            )
+            print(comparison_table(comparison))
+        else:
+            # Imported here: its schema library costs every other command a quarter second.
+            from vfio_hil.results.kcidb import kcidb_document
+
+            text = json.dumps(kcidb_document(store, args.runs), indent=2) + "\n"
+            if args.out is None:
+                sys.stdout.write(text)
+            else:
+                _write_file(args.out, text)
+                log(f"KCIDB export: {args.out}")
+    return 0
+
+
+def dashboard_command(args: argparse.Namespace) -> int:
+    """``vfio-hil dashboard``: write the static site, print where its index is."""
+    out = args.out or args.reports / "dashboard"
+    with ResultsStore.open(store_url(args.store, args.reports)) as store:
+        try:
+            index = build_dashboard(
+                store, out, baselines=BaselineStore(args.baselines or default_dir()), last=args.last
+            )
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise UsageError(f"cannot write the dashboard to {out}: {reason}") from None
+    print(f"dashboard: {index}")
+    return 0
+
+
+def _write_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically; UsageError naming the path when it cannot."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def record_run(run_dir: Path, store: str | None, reports: Path) -> bool:
+    """Add the run at ``run_dir`` to the results store, with one line saying where; False
+    (after one error line) when the store could not take it."""
+    try:
+        with ResultsStore.open(store_url(store, reports)) as results:
+            results.add_run(run_dir)
+            log(f"recorded in {results.url}")
+            return True
+    except HilError as exc:
+        print(f"vfio-hil: error: run not recorded: {exc}", file=sys.stderr)
+        return False
+
+
 def _run_pytest(cmd: list[str]) -> int:
     """Run pytest as a child and return its exit status.
 
@@ -275,6 +419,7 @@ def run_command(args: argparse.Namespace) -> int:
         pytest_args += ["--vfio-limit", args.limit]
     rack = VirtualRack(inventory, log=log)
     virtual = [h.name for h in rack.virtual_hosts()]
+    engine_url(store_url(args.store, args.reports))  # a malformed URL is bad input: say it now
     run_id = new_run_id()
     run_dir = prepare_run_dir(args.reports.resolve(), run_id)
     hosts = list(inventory.hosts.values())
@@ -316,10 +461,25 @@ def run_command(args: argparse.Namespace) -> int:
         log(f"report: {run_dir}")
     for reason in lost.values():
         print(f"vfio-hil: error: {reason}", file=sys.stderr)
-    if lost and rc in PYTEST_COMPLETED:
+    recorded = (
+        record_run(run_dir, args.store, args.reports)
+        if (run_dir / "results.json").is_file()
+        else True
+    )
+    return run_status(rc, bool(lost), recorded)
+
+
+def run_status(pytest_status: int, hosts_lost: bool, recorded: bool) -> int:
+    """The exit status of ``vfio-hil run`` from pytest's, whether a host was lost and whether
+    the results store took the run (a store that could not is lab trouble: 3, unless the run
+    already ended non-zero)."""
+    if hosts_lost and pytest_status in PYTEST_COMPLETED:
         return 3
     # pytest: 2 interrupted, 3 internal error, 4 usage error; a signal shows as negative.
-    return {2: 130, -signal.SIGINT: 130, 3: 3, 4: 2}.get(rc, 3 if rc < 0 else rc)
+    status = {2: 130, -signal.SIGINT: 130, 3: 3, 4: 2}.get(
+        pytest_status, 3 if pytest_status < 0 else pytest_status
+    )
+    return status if status or recorded else 3
 
 
 def _own_all(lab: Lab, names: list[str]) -> None:

@@ -41,8 +41,29 @@ class ChannelError(HilError):
     """The channel to a DUT broke, or a DUT-side call failed outside VFIO."""
 
 
+class ResultsFileError(HilError):
+    """A run folder has no results.json, or one that is not a vfio-hil results file."""
+
+    exit_code = 2
+
+
 class BaselineError(HilError):
     """A baseline or the run it is saved from is missing or malformed, or a figure cannot be
     compared with its baseline (another unit, another direction)."""
 
     exit_code = 2
+
+
+class StoreError(HilError):
+    """The results store was given something it cannot use: a malformed or unsupported URL,
+    an unknown run, a folder with no results.json, a SQLite file that cannot be opened."""
+
+    exit_code = 2
+
+
+class StoreUnreachable(HilError):
+    """The results store's server did not answer (lab trouble, not bad input)."""
+
+
+class ExportError(HilError):
+    """An export does not validate against its schema: data the schema cannot hold."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vfio_hil.core.perf import Figure
+from vfio_hil.lab.errors import ResultsFileError
 
 VERDICTS = ("PASS", "FAIL", "SKIP", "ERROR")
 
@@ -50,6 +51,25 @@ def write_results(run_dir: Path, run: dict[str, Any], results: list[dict[str, An
     tmp.write_text(json.dumps({"run": run, "results": ordered}, indent=2, sort_keys=False))
     os.replace(tmp, path)
     return path
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """The ``{"run": {...}, "results": [...]}`` document of the run at ``path`` (a run folder
+    such as ``reports/latest``, or its results.json); ResultsFileError naming the problem when
+    it is not there or is not a vfio-hil results file."""
+    results = path / "results.json" if path.is_dir() else path
+    try:
+        data = json.loads(results.read_text())
+    except FileNotFoundError:
+        raise ResultsFileError(f"no such run: {path} (no results.json there)") from None
+    except (OSError, ValueError) as exc:
+        raise ResultsFileError(f"{results}: not a vfio-hil results file ({exc})") from None
+    run = data.get("run") if isinstance(data, dict) else None
+    if not isinstance(run, dict) or "id" not in run or not isinstance(data.get("results"), list):
+        raise ResultsFileError(
+            f"{results}: not a vfio-hil results file (no run id or no results list)"
+        )
+    return data
 
 
 def _order(record: dict[str, Any]) -> tuple[str, str, str]:

@@ -19,6 +19,7 @@ from vfio_hil.lab.baseline import (
     judge,
     parse_tolerance,
     platform_key,
+    platform_text,
     tolerance_for,
 )
 from vfio_hil.lab.cli import main
@@ -26,6 +27,7 @@ from vfio_hil.lab.errors import BaselineError
 
 PLATFORM = {
     "iommu": "intel",
+    "iommu_mode": "DMA-FQ",
     "interrupt_remapping": True,
     "kernel_release": "6.1.0-28-amd64",
     "qemu_version": "7.2.22",
@@ -68,11 +70,22 @@ def expected(value: float, higher_is_better: bool, tolerance: float | None) -> C
 def test_platform_key_is_stable_and_ignores_what_is_not_the_platform() -> None:
     pid, fields = platform_key(PLATFORM)
     assert len(pid) == 12 and int(pid, 16) >= 0
-    assert "interrupt_remapping" not in fields
-    assert platform_key({**PLATFORM, "interrupt_remapping": False})[0] == pid
+    assert fields["interrupt_remapping"] is True and fields["iommu_mode"] == "DMA-FQ"
+    assert platform_key({**PLATFORM, "kernel_cmdline": "quiet"})[0] == pid
     assert platform_key(dict(reversed(list(PLATFORM.items()))))[0] == pid
-    for field, other in [("kernel_release", "6.12.9-amd64"), ("accel", "kvm"), ("cpu_model", "x")]:
+    for field, other in [
+        ("kernel_release", "6.12.9-amd64"),
+        ("accel", "kvm"),
+        ("cpu_model", "x"),
+        ("iommu_mode", "identity"),
+        ("interrupt_remapping", False),
+    ]:
         assert platform_key({**PLATFORM, field: other})[0] != pid
+
+
+def test_platform_text_names_iommu_mode_and_interrupt_remapping() -> None:
+    text = platform_text(platform_key(PLATFORM)[1])
+    assert text.startswith("intel IOMMU (DMA-FQ), interrupt remapping on, kernel 6.1.0-28-amd64")
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from vfio_hil.lab.inventory import Host
 from vfio_hil.lab.session import DeviceLease, HostSession
 
 FACTS = {
-    "iommu": {"kind": "intel"},
+    "iommu": {"kind": "intel", "default_domain_types": {"DMA-FQ": 3}},
     "devices": {
         "0000:3b:00.0": {
             "vendor": "0x144d", "device": "0xa808", "subsystem_vendor": "0x144d",

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from fake_lab import FAKE_LAB
 
+from vfio_hil_pytest.plugin import _platform_summary
+
 CHECKS = '''
 from vfio_hil_pytest import check
 
@@ -57,3 +59,15 @@ def test_records_carry_what_the_device_says(
         "TST-002": {**base, "identity": IDENTITY},
         "TST-003": {**base, "identity": IDENTITY},
     }
+    # The platform names the IOMMU's default domain type: part of the platform's identity.
+    assert {r["platform"]["iommu_mode"] for r in records} == {"DMA-FQ"}
+
+
+@pytest.mark.parametrize(
+    ("types", "mode"),
+    [({"DMA-FQ": 7}, "DMA-FQ"), ({"identity": 5, "DMA-FQ": 1}, "DMA-FQ+identity"), ({}, None)],
+)
+def test_platform_names_the_iommu_mode(types: dict[str, int], mode: str | None) -> None:
+    facts = {"iommu": {"kind": "intel", "default_domain_types": types}}
+    assert _platform_summary(facts)["iommu_mode"] == mode
+    assert _platform_summary({})["iommu_mode"] is None
