@@ -9,6 +9,7 @@ import pytest
 from rackutil import (
     E2E_INVENTORY,
     QUICK_PERF,
+    RACK_INVENTORY,
     REPEAT_HOST,
     REUSED_HOST,
     booted_rack,
@@ -17,6 +18,24 @@ from rackutil import (
 )
 
 from vfio_hil.lab.rack import VirtualRack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def e2e_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One results store for every CLI run of the session, as a lab's nightly runs share one
+    (test_history reads it; the sharing tests write it from two controllers at once)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'results.db'}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VFIO_HIL_STORE", url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def lab_host_rack() -> Iterator[VirtualRack]:
+    """The one machine of lab_host_rack.yml (driven through a plain lab-host inventory),
+    booted once for the lab-host and the sharing tests and stopped at the session's end."""
+    with booted_rack(RACK_INVENTORY) as rack:
+        yield rack
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +56,7 @@ def suite_run(e2e_rack: VirtualRack, tmp_path_factory: pytest.TempPathFactory) -
     run = run_cli(
         ["run", "--inventory", str(E2E_INVENTORY), "--", *xdist, *QUICK_PERF],
         tmp_path_factory.mktemp("reports"),
+        timeout=2400,
     )
     after = {h: pci_drivers(e2e_rack, h) for h in hosts}
     e2e_rack.down([h for h in hosts if h not in (REUSED_HOST, REPEAT_HOST)])

@@ -48,9 +48,9 @@ class CliRun:
         return json.loads((self.reports / "latest" / "results.json").read_text())
 
 
-#: The e2e rack's machines the tests drive again after the suite run (test_run, test_perf,
-#: test_core_integration; the five-run repeatability test); the others are stopped once the
-#: suite run has read them, so that idle machines do not slow the rest on a 2-core controller.
+#: The e2e rack's machines the tests drive again after the suite run (e2e-intel: test_run,
+#: test_core_integration; e2e-amd-pt: the five-run repeatability test, test_history,
+#: test_perf); the others are stopped once the suite run has read them.
 REUSED_HOST = "e2e-intel"
 REPEAT_HOST = "e2e-amd-pt"
 

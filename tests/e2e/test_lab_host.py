@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,9 +24,7 @@ from rackutil import (
     NVME_PLAIN,
     QUICK_PERF,
     RACK_HOST,
-    RACK_INVENTORY,
     CliRun,
-    booted_rack,
     pci_drivers,
     run_cli,
     write_lab_inventory,
@@ -61,13 +58,6 @@ PLATFORM_SKIPS: list[tuple[frozenset[str] | None, str | None, re.Pattern[str]]] 
     # NvmeEngine._probe_caps). The INTx checks run through edu on the virtual rack.
     (frozenset({"IRQ-005", "IRQ-007"}), None, re.compile(r"nvme engine raises no INTx")),
 ]
-
-
-@pytest.fixture(scope="module")
-def lab_host_rack() -> Iterator[VirtualRack]:
-    """The one machine of lab_host_rack.yml, booted for this module and stopped after it."""
-    with booted_rack(RACK_INVENTORY) as rack:
-        yield rack
 
 
 @pytest.fixture(scope="module")
