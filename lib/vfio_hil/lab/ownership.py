@@ -109,6 +109,7 @@ class LockKeeper:
             start_new_session=True,
         )
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._ended: str | None = None
         threading.Thread(target=self._read, daemon=True).start()
         ready = self._reply(START_TIMEOUT_S, "start")
         if "ready" not in ready:
@@ -125,13 +126,14 @@ class LockKeeper:
         self._replies.put(None)
 
     def lost(self) -> str | None:
-        """Why the keeper's session is gone (the SSH error), or None while it lives."""
-        if self._proc.poll() is None:
-            return None
-        assert self._proc.stderr is not None
-        err = self._proc.stderr.read().strip().splitlines()
-        tail = err[-1] if err else f"exit status {self._proc.returncode}"
-        return f"the session to {self.host} ended: {tail}"
+        """Why the keeper's session is gone (the SSH error), or None while it lives. Read
+        once: the session's error output can be read only once."""
+        if self._ended is None and self._proc.poll() is not None:
+            assert self._proc.stderr is not None
+            err = self._proc.stderr.read().strip().splitlines()
+            tail = err[-1] if err else f"exit status {self._proc.returncode}"
+            self._ended = f"the session to {self.host} ended: {tail}"
+        return self._ended
 
     def _next(self, timeout: float) -> dict[str, Any] | None:
         """The keeper's next reply, None when it said nothing for ``timeout`` seconds;

@@ -120,6 +120,31 @@ def test_a_lost_session_is_a_channel_error_naming_its_end(tmp_path: Path) -> Non
         keeper.lease("group-1", _holder("run-A"), wait_s=5)
 
 
+def test_the_ssh_error_is_kept_for_every_later_question() -> None:
+    # A session that cannot start: SSH's last words on stderr, then exit status 255.
+    broken = [
+        "sh",
+        "-c",
+        "echo 'ssh: connect to host dut0 port 22: Connection refused' >&2; exit 255",
+    ]
+    with pytest.raises(ChannelError, match="Connection refused") as first:
+        LockKeeper("dut0", broken)
+    assert "did not start" not in str(first.value)
+
+
+def test_a_lost_keeper_names_the_same_cause_each_time() -> None:
+    # A keeper that starts, then its session breaks with SSH's message on stderr.
+    script = (
+        "import json, sys, time; print(json.dumps({'ready': 1}), flush=True); time.sleep(0.2); "
+        "sys.stderr.write('client_loop: send disconnect: Broken pipe' + chr(10)); sys.exit(255)"
+    )
+    keeper = LockKeeper("dut0", [sys.executable, "-c", script])
+    keeper._proc.wait(10)
+    reason = keeper.lost()
+    assert reason == "the session to dut0 ended: client_loop: send disconnect: Broken pipe"
+    assert keeper.lost() == reason  # its stderr can be read once: the cause is kept
+
+
 def test_the_ssh_command_gets_its_own_connection() -> None:
     cmd = keeper_command(["ssh", "-F", "/rack/ssh_config", "vdut0"], "/usr/bin/python3")
     assert cmd[:7] == [
