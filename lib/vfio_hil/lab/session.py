@@ -93,10 +93,14 @@ class HostSession:
         try:
             return self.channel.call(func, **kwargs)
         except ChannelLost as exc:
-            self.lost = (
-                self.diagnose(self.name, str(exc)) if self.diagnose else HostLostError(str(exc))
-            )
-            raise self.lost from None
+            raise self.lose(str(exc)) from None
+
+    def lose(self, error: str) -> HostLostError:
+        """Mark the host lost because of ``error`` and return why (diagnosed once: a host
+        lost already keeps its first reason)."""
+        if self.lost is None:
+            self.lost = self.diagnose(self.name, error) if self.diagnose else HostLostError(error)
+        return self.lost
 
     def begin_check(self) -> None:
         """A check begins on this host: a kernel panic its console shows from now on is that
@@ -231,11 +235,10 @@ class Lab:
         on first use. A host whose setup failed fails again at once with the same error."""
         if name in self._hosts:
             session = self._hosts[name]
-            if session.lost is None:
-                gone = self._keepers[name].lost()
-                if gone:
-                    # Without its keeper the run no longer owns the host.
-                    session.lost = self._diagnose(name, f"its lock keeper's {gone}")
+            gone = self._keepers[name].lost()
+            if gone:
+                # Without its keeper the run no longer owns the host.
+                session.lose(f"its lock keeper's {gone}")
             if session.lost is not None:
                 raise session.lost.again()
             return session
@@ -369,8 +372,7 @@ class Lab:
             keeper.lease(key, self.holder, self.lock_wait)
         except ChannelError as exc:
             # Without its keeper the run no longer owns the host: lost, noticed once.
-            session.lost = self._diagnose(device.host, f"its lock keeper's {exc}")
-            raise session.lost from None
+            raise session.lose(f"its lock keeper's {exc}") from None
         try:
             yield DeviceLease(device=device, host=session)
         finally:
