@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -13,7 +14,9 @@ from rackutil import (
     REPEAT_HOST,
     REUSED_HOST,
     booted_rack,
+    lab_host_run,
     pci_drivers,
+    perf_baseline_runs,
     run_cli,
 )
 
@@ -36,6 +39,37 @@ def lab_host_rack() -> Iterator[VirtualRack]:
     booted once for the lab-host and the sharing tests and stopped at the session's end."""
     with booted_rack(RACK_INVENTORY) as rack:
         yield rack
+
+
+@pytest.fixture(scope="session")
+def background() -> Iterator[ThreadPoolExecutor]:
+    """Runs on one rack machine that go on while the tests drive another. Most e2e work keeps
+    one guest busy, so one of a 2-core controller's cores: a run beside it costs little time.
+    """
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="e2e-background") as pool:
+        yield pool
+
+
+@pytest.fixture(scope="session")
+def lab_host_started(
+    lab_host_rack: VirtualRack,
+    background: ThreadPoolExecutor,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Future[dict[str, Any]]:
+    """The lab-host run (test_lab_host), started in the background by the first test that
+    asks for it: the core-integration tests, which drive e2e-intel meanwhile."""
+    return background.submit(lab_host_run, lab_host_rack, tmp_path_factory.mktemp("lab-host"))
+
+
+@pytest.fixture(scope="session")
+def perf_started(
+    e2e_rack: VirtualRack,
+    background: ThreadPoolExecutor,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Future[dict[str, Any]]:
+    """The PERF baseline runs on e2e-intel (test_perf), started in the background by the
+    five-run test, which drives e2e-amd-pt meanwhile."""
+    return background.submit(perf_baseline_runs, tmp_path_factory.mktemp("perf") / "reports")
 
 
 @pytest.fixture(scope="session")

@@ -181,3 +181,56 @@ def write_lab_inventory(rack: VirtualRack, folder: Path) -> Path:
     path = folder / "lab.yml"
     path.write_text(yaml.safe_dump({"all": {"hosts": {LAB_HOST: host_vars}}}, sort_keys=False))
     return path
+
+
+def lab_host_run(rack: VirtualRack, folder: Path) -> dict[str, Any]:
+    """One `vfio-hil run` of the whole catalogue against a plain lab-host inventory naming
+    the lab-host rack machine, with its PCI drivers before and after."""
+    inventory = write_lab_inventory(rack, folder)
+    before = pci_drivers(rack, RACK_HOST)
+    run = run_cli(
+        ["run", "--inventory", str(inventory), "--", *QUICK_PERF], folder / "reports", timeout=3000
+    )
+    after = pci_drivers(rack, RACK_HOST)
+    return {"run": run, "inventory": inventory, "before": before, "after": after}
+
+
+#: The PERF baseline scenario (test_perf.py): its host, check, judged figure and tolerances.
+PERF_HOST = REUSED_HOST
+PERF_CHECK = "PERF-004"
+PERF_RATES = ("dma_map_unmap_4k.rate",)
+PERF_TOLERANCES = ["--tolerance", "dma_map_unmap_4k.rate=40", "--tolerance", "*=none"]
+
+
+def _perf_run(reports: Path) -> dict[str, Any]:
+    run = run_cli(
+        ["run", "--inventory", str(E2E_INVENTORY), "--limit", PERF_HOST, "--", "-k", PERF_CHECK,
+         "--perf-seconds", "2"],
+        reports,
+    )  # fmt: skip
+    records = [r for r in run.results["results"] if r["check_id"] == PERF_CHECK]
+    assert len(records) == 1, run.stderr[-2000:]
+    return {"rc": run.returncode, "record": records[0], "dir": (reports / "latest").resolve()}
+
+
+def perf_baseline_runs(reports: Path) -> dict[str, Any]:
+    """What a lab does with PERF figures: a run, ``vfio-hil baseline save`` of its figures
+    (``saved``: the finished command), a run judged against that baseline (``again``), and
+    one judged against twice the saved rate (``doubled``); each run as its return code, its
+    PERF record and its folder."""
+    first = _perf_run(reports)
+    baselines = reports / "baselines"  # where run_cli points the runs' baselines
+    saved = subprocess.run(
+        [VFIO_HIL, "baseline", "save", str(first["dir"]), "--baselines", str(baselines),
+         *PERF_TOLERANCES],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert saved.returncode == 0, saved.stderr
+    (path,) = baselines.glob("*.json")
+    again = _perf_run(reports)
+    data = json.loads(path.read_text())
+    for entry in data["checks"]:
+        for name in PERF_RATES:
+            entry["figures"][name]["value"] *= 2
+    path.write_text(json.dumps(data))
+    return {"first": first, "again": again, "doubled": _perf_run(reports)}

@@ -11,7 +11,7 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Dict, List, NamedTuple
+from typing import Any, Dict, List, NamedTuple
 
 import pytest
 from rackutil import E2E_INVENTORY, pci_drivers
@@ -61,7 +61,11 @@ def _ssh(rack: VirtualRack, host: str, command: str) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def dut_run(e2e_rack: VirtualRack, tmp_path_factory: pytest.TempPathFactory) -> DutRun:
+def dut_run(
+    e2e_rack: VirtualRack, lab_host_started: Any, tmp_path_factory: pytest.TempPathFactory
+) -> DutRun:
+    """The core library's DUT tests and its benchmark inside e2e-intel; the lab-host run
+    goes on beside them (``lab_host_started``: this keeps one guest busy, that one another)."""
     inventory = load_inventory(E2E_INVENTORY)
     host = inventory.hosts[HOST]
     work_dir: Path = tmp_path_factory.mktemp("core-integration")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -22,16 +23,10 @@ from rackutil import (
     LAB_HOST,
     NVME_HOTPLUG,
     NVME_PLAIN,
-    QUICK_PERF,
-    RACK_HOST,
     CliRun,
-    pci_drivers,
-    run_cli,
-    write_lab_inventory,
 )
 
 from vfio_hil.lab.inventory import ENGINE_CAPABILITIES
-from vfio_hil.lab.rack import VirtualRack
 from vfio_hil_pytest.catalogue import load_catalogue
 
 pytestmark = pytest.mark.e2e
@@ -61,21 +56,15 @@ PLATFORM_SKIPS: list[tuple[frozenset[str] | None, str | None, re.Pattern[str]]] 
 
 
 @pytest.fixture(scope="module")
-def lab_host_run(
-    lab_host_rack: VirtualRack, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
-    """One `vfio-hil run` against the plain inventory, with the PCI drivers before and after."""
-    folder = tmp_path_factory.mktemp("lab-host")
-    inventory = write_lab_inventory(lab_host_rack, folder)
-    before = pci_drivers(lab_host_rack, RACK_HOST)
-    run = run_cli(
-        ["run", "--inventory", str(inventory), "--", *QUICK_PERF], folder / "reports", timeout=3000
-    )
-    after = pci_drivers(lab_host_rack, RACK_HOST)
+def lab_host_run(lab_host_started: Future[dict[str, Any]]) -> dict[str, Any]:
+    """One `vfio-hil run` against the plain inventory, with the PCI drivers before and after
+    (started in the background while the core-integration tests ran: see conftest)."""
+    result = lab_host_started.result()
+    run: CliRun = result["run"]
     print(run.stderr[-3000:])
     if (run.reports / "latest" / "results.json").is_file():
         print(_area_counts(run))
-    return {"run": run, "inventory": inventory, "before": before, "after": after}
+    return result
 
 
 # -- reading the run ---------------------------------------------------------------------

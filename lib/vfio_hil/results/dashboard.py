@@ -223,7 +223,9 @@ def _platform_page(
     )
     page.changes = _change_rows(comparison)
     page.history = _history(records, runs, out)
-    page.latest_results = [r for r in records if r.run_id == runs[-1].id]
+    # Per check, device and variant: its record in the latest run that ran it (a run of a
+    # few checks leaves the others' latest verdicts as they were).
+    page.latest_results = store.latest_verdicts(platform.id)
     page.trends = _trends(
         records, runs, page.latest_results, comparison.figure_judgements, out, tolerances
     )
@@ -317,13 +319,13 @@ def _matrix(pages: Sequence[PlatformPage]) -> list[MatrixRow]:
         kinds = {(c.kind, c.check_id) for c in page.changes}
         for check_id, records in by_check.items():
             worst = min(records, key=lambda r: WORST_FIRST.index(r.verdict))
-            first = next(row for row in page.history if row.check_id == check_id)
+            anchor = next((row.anchor for row in page.history if row.check_id == check_id), "")
             cells.setdefault(check_id, {})[page.id] = Cell(
                 worst.verdict,
                 worst.reason,
                 worst.run_id,
                 platform_id=page.id,
-                link=f"{page.page}#{first.anchor}",
+                link=f"{page.page}#{anchor}" if anchor else page.page,
                 count=len(records),
                 regression=("regression", check_id) in kinds,
                 flaky=("flaky", check_id) in kinds,
@@ -359,6 +361,8 @@ def _trends(
                 for f in r.figures
                 if f.name == figure.name
             )
+            if not points:  # its latest run is older than the runs shown
+                continue
             against = [
                 reference.get((record.key, figure.name, ref))
                 for ref in (Reference.BASELINE, Reference.MEDIAN)

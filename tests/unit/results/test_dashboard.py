@@ -146,6 +146,27 @@ def test_the_screenshot_is_not_blank_and_shows_the_failure(
     assert fail.sum() > 50
 
 
+def test_a_run_of_a_few_checks_keeps_the_others_latest_verdicts(tmp_path: Path) -> None:
+    runs = write_runs(
+        tmp_path,
+        [[record("PLAT-001", bdf=None), record("ISO-001", "FAIL")], [record("PLAT-001", bdf=None)]],
+    )
+    with ResultsStore.open(reports=tmp_path) as store:
+        for run_dir in runs:
+            store.add_run(run_dir)
+        index = build_dashboard(store, tmp_path / "site")
+    dom = rendered_dom(index)
+    verdicts = {
+        row.attrs["data-check"]: [c.attrs.get("data-verdict") for c in row.find_all("td")]
+        for row in dom.find_all("table", id="matrix")[0].find_all("tr")
+        if "data-check" in row.attrs
+    }
+    assert verdicts == {"ISO-001": ["FAIL"], "PLAT-001": ["PASS"]}
+    page = rendered_dom(index.with_name(f"platform-{INTEL_ID}.html"))
+    missing = page.find_all("tr", data_kind="missing")
+    assert [m.attrs["data-check"] for m in missing] == ["ISO-001"]
+
+
 def test_an_empty_store_gives_a_page_that_says_so(tmp_path: Path) -> None:
     with ResultsStore.open(reports=tmp_path) as store:
         index = build_dashboard(store, tmp_path / "site")
