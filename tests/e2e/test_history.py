@@ -6,6 +6,7 @@ Chromium, must show that regression on that platform and check, and the figure t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,21 @@ def test_the_dashboard_shows_a_seeded_regression(
     png = screenshot(site / f"platform-{platform_id}.html", tmp_path / "platform.png")
     pixels = image.imread(png)[:, :, :3]
     assert (pixels < 0.95).any(axis=2).mean() > 0.02
+
+    # The same regression through `results compare`, from the suite run to the seeded one.
+    suite_id = suite_run["run"].results["run"]["id"]
+    seeded_id = seeded.results["run"]["id"]
+    compared = run_cli(["results", "compare", suite_id, seeded_id], tmp_path)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    rows = [line.split() for line in compared.stdout.splitlines()]
+    assert [platform_id, SEEDED_CHECK, HOST, "-", "regression", "PASS", "->", "FAIL"] in [
+        r[:8] for r in rows
+    ], compared.stdout[-3000:]
+
+    # And the whole session's store as KCIDB v5 (the export validates before it writes).
+    kcidb = tmp_path / "kcidb.json"
+    exported = run_cli(["results", "export", "--kcidb", "--out", str(kcidb)], tmp_path)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    document = json.loads(kcidb.read_text())
+    tests = [t for t in document["tests"] if t["path"] == f"vfio.plat.{SEEDED_CHECK}"]
+    assert {t["status"] for t in tests} >= {"PASS", "FAIL"}
