@@ -208,7 +208,8 @@ def latest_changes(
 ) -> Comparison:
     """What changed in the latest run of ``platform_id`` against the platform's ``window``
     runs before it: each result against its latest earlier record there (so a result missing
-    now is one any of those runs had). StoreError when the platform has no run."""
+    now is one any of those runs had; a platform's first run has no verdict changes).
+    StoreError when the platform has no run."""
     runs = store.runs(platform_id)
     if not runs:
         raise StoreError(f"no run of platform {platform_id!r} in the results store {store.url}")
@@ -254,7 +255,8 @@ def _compare(
     return Comparison(
         run_a,
         run_b,
-        tuple(verdict_changes(before, after)),
+        # A platform's first run changed nothing: every result would be "new".
+        tuple(verdict_changes(before, after) if run_a is not None else ()),
         tuple(flaky_found),
         tuple(failing),
         tuple(figure_deltas(before, after)),

@@ -485,6 +485,12 @@ class _ParsedRun:
             raise StoreError(f"{where}: results.json has no start time")
         platforms: dict[str, dict[str, Any]] = {}
         records = []
+        # A record can lack its platform (a check skipped or a host lost before the host's
+        # facts were read): it is its host's, as the run's other records of the host say.
+        host_platform: dict[str, dict[str, Any]] = {}
+        for record in document["results"]:
+            if isinstance(record, dict) and record.get("platform"):
+                host_platform.setdefault(str(record.get("host")), record["platform"])
         for index, record in enumerate(document["results"]):
             if not isinstance(record, dict) or not record.get("check_id"):
                 raise StoreError(f"{where}: result {index} has no check_id")
@@ -493,7 +499,9 @@ class _ParsedRun:
                     f"{where}: result {index} ({record['check_id']}) has verdict "
                     f"{record.get('verdict')!r}, not one of {', '.join(VERDICTS)}"
                 )
-            platform_id, facts = platform_key(record.get("platform") or {})
+            platform_id, facts = platform_key(
+                record.get("platform") or host_platform.get(str(record.get("host"))) or {}
+            )
             platforms[platform_id] = {
                 "id": platform_id,
                 "facts": facts,

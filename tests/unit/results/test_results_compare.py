@@ -172,3 +172,12 @@ def test_latest_changes_of_a_platform(store_url: str, tmp_path: Path) -> None:
         (ChangeKind.REGRESSION, "DMA-001"),
         (ChangeKind.MISSING, "DMA-002"),
     }
+
+
+def test_a_platforms_first_run_has_no_verdict_changes(store_url: str, tmp_path: Path) -> None:
+    runs = [[record("DMA-001"), record("DMA-002", "FAIL")]]
+    with stored(store_url, tmp_path, runs) as store:
+        first = latest_changes(store, PLATFORM_ID)
+    assert first.run_a is None and first.changes == ()
+    # What fails is still said: failing since this run.
+    assert [(f.key.check_id, f.since_run) for f in first.failing_since] == [("DMA-002", "run-01")]

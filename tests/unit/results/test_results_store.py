@@ -53,6 +53,20 @@ def test_platforms_are_keyed_by_their_facts(store_url: str, tmp_path: Path) -> N
         assert hosts == {"vdut0", "vdut1"}
 
 
+def test_a_record_without_its_platform_is_its_hosts(store_url: str, tmp_path: Path) -> None:
+    # A check skipped, or a host lost, before the host's facts were read: no platform.
+    skipped = {**record("DMA-002", "SKIP", host="vdut2"), "platform": {}}
+    lost = {**record("DMA-001", "ERROR"), "platform": {}}
+    passthrough = {**PLATFORM, "iommu_mode": "identity"}
+    records = [record("PLAT-001", bdf=None, host="vdut2", platform=passthrough), skipped, lost]
+    with ResultsStore.open(store_url) as store:
+        store.add_run(write_run(tmp_path, 1, records))
+        by_check = {r.key.check_id: r.key.platform_id for r in store.results("run-01")}
+    # vdut2's platform from its other record; vdut0 has none in the run: an unknown one.
+    assert by_check["DMA-002"] == by_check["PLAT-001"] == platform_key(passthrough)[0]
+    assert by_check["DMA-001"] == platform_key({})[0]
+
+
 def test_queries_per_platform_in_start_order(store_url: str, tmp_path: Path) -> None:
     other = {**PLATFORM, "kernel_release": "6.12.9-amd64"}
     iops = ("randread.iops", 1000.0, "IOPS", True)
