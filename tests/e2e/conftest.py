@@ -16,7 +16,6 @@ from rackutil import (
     booted_rack,
     lab_host_run,
     pci_drivers,
-    perf_baseline_runs,
     run_cli,
 )
 
@@ -59,17 +58,6 @@ def lab_host_started(
     """The lab-host run (test_lab_host), started in the background by the first test that
     asks for it: the core-integration tests, which drive e2e-intel meanwhile."""
     return background.submit(lab_host_run, lab_host_rack, tmp_path_factory.mktemp("lab-host"))
-
-
-@pytest.fixture(scope="session")
-def perf_started(
-    e2e_rack: VirtualRack,
-    background: ThreadPoolExecutor,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Future[dict[str, Any]]:
-    """The PERF baseline runs on e2e-intel (test_perf), started in the background by the
-    five-run test, which drives e2e-amd-pt meanwhile."""
-    return background.submit(perf_baseline_runs, tmp_path_factory.mktemp("perf") / "reports")
 
 
 @pytest.fixture(scope="session")

@@ -207,7 +207,6 @@ def test_broken_platform_fails_through_nvme_as_through_edu(
     assert {k: edu[k] for k in engine_checks} == {k: nvme.get(k) for k in engine_checks}
 
 
-@pytest.mark.usefixtures("perf_started")  # test_perf's runs go on beside, on e2e-intel
 def test_five_runs_give_identical_verdicts(suite_run: dict[str, Any], tmp_path: Path) -> None:
     """The suite's own run and four more on one platform give the same verdict for every
     check. The platform is an NVMe-only one: a run takes about a minute, where e2e-amd, with

@@ -7,13 +7,22 @@ Chromium, must show that regression on that platform and check, and the figure t
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from browser import rendered_dom, screenshot
 from matplotlib import image
-from rackutil import E2E_INVENTORY, QUICK_PERF, REPEAT_HOST, CliRun, dut_shell, run_cli
+from rackutil import (
+    E2E_INVENTORY,
+    QUICK_PERF,
+    REPEAT_HOST,
+    VFIO_HIL,
+    CliRun,
+    dut_shell,
+    run_cli,
+)
 
 from vfio_hil.lab.baseline import platform_key
 from vfio_hil.lab.rack import VirtualRack
@@ -32,6 +41,12 @@ def _run(tmp_path: Path, name: str) -> CliRun:
         ["run", "--inventory", str(E2E_INVENTORY), "--limit", HOST, "--", *QUICK_PERF],
         tmp_path / name,
     )
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``vfio-hil`` with ``args`` as they are (the session's store comes from the
+    environment)."""
+    return subprocess.run([VFIO_HIL, *args], capture_output=True, text=True, check=False)
 
 
 def _platform_id(run: CliRun) -> str:
@@ -100,7 +115,7 @@ def test_the_dashboard_shows_a_seeded_regression(
     # The same regression through `results compare`, from the suite run to the seeded one.
     suite_id = suite_run["run"].results["run"]["id"]
     seeded_id = seeded.results["run"]["id"]
-    compared = run_cli(["results", "compare", suite_id, seeded_id], tmp_path)
+    compared = _cli(["results", "compare", suite_id, seeded_id])
     assert compared.returncode == 0, compared.stderr[-2000:]
     rows = [line.split() for line in compared.stdout.splitlines()]
     assert [platform_id, SEEDED_CHECK, HOST, "-", "regression", "PASS", "->", "FAIL"] in [
@@ -109,7 +124,7 @@ def test_the_dashboard_shows_a_seeded_regression(
 
     # And the whole session's store as KCIDB v5 (the export validates before it writes).
     kcidb = tmp_path / "kcidb.json"
-    exported = run_cli(["results", "export", "--kcidb", "--out", str(kcidb)], tmp_path)
+    exported = _cli(["results", "export", "--kcidb", "--out", str(kcidb)])
     assert exported.returncode == 0, exported.stderr[-2000:]
     document = json.loads(kcidb.read_text())
     tests = [t for t in document["tests"] if t["path"] == f"vfio.plat.{SEEDED_CHECK}"]

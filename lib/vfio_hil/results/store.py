@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -558,11 +559,15 @@ class _ParsedRun:
             )
 
 
+_XDIST_GROUP = re.compile(r"\]@[^\[\]]*$")
+
+
 def _variant(record: dict[str, Any]) -> str:
     """The parameters of a record's check beyond its host and device: its pytest parameter id
     (``vdut0/0000:00:04.0-sysfs``) less the host and device (``sysfs``). A SKIPped check's
     record may not name its backend or hotplug way; its parameter id always does."""
-    nodeid = record.get("nodeid") or ""
+    # Under pytest-xdist's loadgroup a node id ends with its group: ``...[vdut0/...]@vdut0``.
+    nodeid = _XDIST_GROUP.sub("]", record.get("nodeid") or "")
     params = nodeid[nodeid.find("[") + 1 : -1] if nodeid.endswith("]") else ""
     device = (record.get("device") or {}).get("bdf")
     for prefix in (f"{record.get('host')}/{device}", str(record.get("host"))):

@@ -114,6 +114,20 @@ def test_a_variant_is_part_of_what_a_result_is_about(store_url: str, tmp_path: P
         assert verdicts == {"type1": "PASS", "iommufd": "FAIL"}
 
 
+def test_a_run_under_xdist_keys_its_results_as_a_plain_run(store_url: str, tmp_path: Path) -> None:
+    # pytest-xdist's loadgroup ends each node id with its group: "...[vdut0/...-type1]@vdut0".
+    grouped = [
+        {**r, "nodeid": r["nodeid"] + "@vdut0"}
+        for r in (record("ISO-001", variant="type1"), record("ISO-001", variant="iommufd"))
+    ]
+    plain = [record("ISO-001", variant="type1"), record("ISO-001", "FAIL", variant="iommufd")]
+    with ResultsStore.open(store_url) as store:
+        for run_dir in write_runs(tmp_path, [grouped, plain]):
+            store.add_run(run_dir)
+        keys = [{r.key for r in store.results(run)} for run in ("run-01", "run-02")]
+    assert keys[0] == keys[1] and {k.variant for k in keys[0]} == {"type1", "iommufd"}
+
+
 def test_bad_input_is_one_store_error(store_url: str, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     bad_verdict = write_run(tmp_path / "bad", 1, [record("DMA-001", "MAYBE")])
