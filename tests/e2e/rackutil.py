@@ -73,6 +73,12 @@ def run_cli(args: list[str], reports: Path, timeout: float = 900) -> CliRun:
     return CliRun(proc.returncode, proc.stdout, proc.stderr, reports)
 
 
+def cli(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``vfio-hil`` with ``args`` as they are (no ``--reports`` put in: for the commands whose
+    options follow an action, such as ``results compare`` or ``cert build``)."""
+    return subprocess.run([VFIO_HIL, *args], capture_output=True, text=True, check=False)
+
+
 def interrupt_cli_when(args: list[str], reports: Path, ready: Any, timeout: float = 600) -> CliRun:
     """Start the CLI in its own process group, send the group SIGINT (as Ctrl-C in a terminal
     does) once ``ready()`` is true, and wait for it to finish."""

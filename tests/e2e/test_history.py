@@ -7,7 +7,6 @@ Chromium, must show that regression on that platform and check, and the figure t
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ from rackutil import (
     E2E_INVENTORY,
     QUICK_PERF,
     REPEAT_HOST,
-    VFIO_HIL,
     CliRun,
+    cli,
     dut_shell,
     run_cli,
 )
@@ -41,12 +40,6 @@ def _run(tmp_path: Path, name: str) -> CliRun:
         ["run", "--inventory", str(E2E_INVENTORY), "--limit", HOST, "--", *QUICK_PERF],
         tmp_path / name,
     )
-
-
-def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """``vfio-hil`` with ``args`` as they are (the session's store comes from the
-    environment)."""
-    return subprocess.run([VFIO_HIL, *args], capture_output=True, text=True, check=False)
 
 
 def _platform_id(run: CliRun) -> str:
@@ -115,7 +108,7 @@ def test_the_dashboard_shows_a_seeded_regression(
     # The same regression through `results compare`, from the suite run to the seeded one.
     suite_id = suite_run["run"].results["run"]["id"]
     seeded_id = seeded.results["run"]["id"]
-    compared = _cli(["results", "compare", suite_id, seeded_id])
+    compared = cli(["results", "compare", suite_id, seeded_id])
     assert compared.returncode == 0, compared.stderr[-2000:]
     rows = [line.split() for line in compared.stdout.splitlines()]
     assert [platform_id, SEEDED_CHECK, HOST, "-", "regression", "PASS", "->", "FAIL"] in [
@@ -124,7 +117,7 @@ def test_the_dashboard_shows_a_seeded_regression(
 
     # And the whole session's store as KCIDB v5 (the export validates before it writes).
     kcidb = tmp_path / "kcidb.json"
-    exported = _cli(["results", "export", "--kcidb", "--out", str(kcidb)])
+    exported = cli(["results", "export", "--kcidb", "--out", str(kcidb)])
     assert exported.returncode == 0, exported.stderr[-2000:]
     document = json.loads(kcidb.read_text())
     tests = [t for t in document["tests"] if t["path"] == f"vfio.plat.{SEEDED_CHECK}"]

@@ -11,11 +11,12 @@
     vfio-hil results compare RUN_A RUN_B [--store URL] [--reports DIR] [--baselines DIR]
     vfio-hil results export --kcidb [--out FILE] [RUN ...] [--store URL] [--reports DIR]
     vfio-hil dashboard [--out DIR] [--store URL] [--reports DIR] [--baselines DIR] [--last N]
+    vfio-hil cert keygen|build|verify|profiles  (see vfio_hil.cert.cli)
 
 Exit status: 0 all checks PASS or SKIP; 1 a check FAILed or ERRORed; 2 bad input (inventory,
 options, a device that is not there); 3 the lab broke (rack boot, provisioning, a host lost
 during the run, a host another run held past --lock-wait, a results store that cannot be
-reached); 130 Ctrl-C.
+reached); 130 Ctrl-C. `cert verify`: 1 when the bundle does not verify.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from vfio_hil.cert import cli as cert_cli
 from vfio_hil.lab import CHECKOUT
 from vfio_hil.lab.allure_report import check_run_folders, install_allure, report_runs
 from vfio_hil.lab.baseline import (
@@ -150,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument(
         "--last", type=_count, default=DEFAULT_LAST, help=f"runs per platform ({DEFAULT_LAST})"
     )
+    cert_cli.add_parser(sub, _Parser)
     return p
 
 
@@ -238,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return results_command(args)
         if args.command == "dashboard":
             return dashboard_command(args)
+        if args.command == "cert":
+            return cert_cli.command(args)
         return run_command(args)
     except HilError as exc:
         print(f"vfio-hil: error: {exc}", file=sys.stderr)

@@ -67,3 +67,18 @@ class StoreUnreachable(HilError):
 
 class ExportError(HilError):
     """An export does not validate against its schema: data the schema cannot hold."""
+
+
+class CertError(HilError):
+    """A certification was asked for with something it cannot use: an unknown or malformed
+    profile, a key that is not an Ed25519 key, a run without its check plan, an existing
+    bundle folder."""
+
+    exit_code = 2
+
+
+class BundleInvalid(HilError):
+    """A certification bundle does not verify: a bad signature, a missing, extra or changed
+    file, or a verdict its results do not give. A finding about the bundle, like a FAIL."""
+
+    exit_code = 1
