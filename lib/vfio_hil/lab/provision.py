@@ -102,7 +102,9 @@ def _class_text(code: int) -> str:
 def device_identity(facts: dict[str, Any]) -> dict[str, str | None]:
     """What a device says it is, from its platform facts (the registers of its config space
     as the DUT's sysfs shows them): ``vendor_device``, ``subsystem_vendor_device``,
-    ``class_code`` (``01:08:02``) and ``revision``; None for what sysfs did not show."""
+    ``class_code`` (``01:08:02``), ``revision`` and ``dsn``, its PCIe Device Serial Number
+    (``00-1b-21-ff-ff-a1-b2-c3``); None for what sysfs did not show (most emulated devices,
+    and every conventional PCI one, have no serial number)."""
     pci_class, revision = _hex(facts.get("class")), _hex(facts.get("revision"))
     return {
         "vendor_device": _ids(_hex(facts.get("vendor")), _hex(facts.get("device"))),
@@ -111,6 +113,7 @@ def device_identity(facts: dict[str, Any]) -> dict[str, str | None]:
         ),
         "class_code": None if pci_class is None else _class_text(pci_class),
         "revision": None if revision is None else f"{revision:02x}",
+        "dsn": facts.get("dsn"),
     }
 
 

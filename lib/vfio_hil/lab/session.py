@@ -159,9 +159,10 @@ class HostSession:
 
     def device_identity(self, bdf: str) -> dict[str, Any]:
         """What ``bdf`` says it is, as far as this session learned it without asking the DUT
-        again: its IDs, class code and revision from the platform facts of setup, and under
-        ``identity`` what its DMA engine reported once a check probed it (NVMe: model,
-        serial, firmware revision from Identify Controller)."""
+        again: its IDs, class code, revision and PCIe Device Serial Number (``dsn``, None
+        without one) from the platform facts of setup, and under ``identity`` what its DMA
+        engine reported once a check probed it (NVMe: model, serial, firmware revision from
+        Identify Controller)."""
         found: dict[str, Any] = device_identity(self.platform.get("devices", {}).get(bdf, {}))
         learned = self._engines.get(bdf, {}).get("identity")
         if learned:

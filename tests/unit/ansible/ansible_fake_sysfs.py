@@ -9,7 +9,27 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from pathlib import Path
+
+
+def acpi_table(
+    signature: str, body: bytes, oem: tuple[str, str, int] = ("BOCHS ", "BXPC    ", 1)
+) -> bytes:
+    """An ACPI table as the firmware publishes it: the 36-byte header (signature, length,
+    revision, checksum, then ``oem``'s OEM ID, OEM table ID and OEM revision, then creator ID
+    and revision), whose checksum makes the table's bytes add up to 0, then ``body``."""
+    oem_id, oem_table_id, oem_revision = oem
+    table = bytearray(
+        signature.encode()
+        + struct.pack("<IBB", 36 + len(body), 1, 0)
+        + oem_id.encode()
+        + oem_table_id.encode()
+        + struct.pack("<I4sI", oem_revision, b"BXPC", 1)
+        + body
+    )
+    table[9] = -sum(table) % 256
+    return bytes(table)
 
 
 class FakeSysfs:
@@ -45,8 +65,10 @@ class FakeSysfs:
         revision: str = "0x10",
         group: int | None = None,
         driver: str | None = None,
+        config: bytes | None = None,
     ) -> None:
-        """Add a PCI device, optionally in an IOMMU group and bound to a driver."""
+        """Add a PCI device, optionally in an IOMMU group, bound to a driver, and with the
+        content of its ``config`` file (none by default)."""
         path = self.pci / "devices" / bdf
         path.mkdir()
         (path / "vendor").write_text(vendor + "\n")
@@ -56,6 +78,8 @@ class FakeSysfs:
         (path / "subsystem_device").write_text(subsystem[1] + "\n")
         (path / "revision").write_text(revision + "\n")
         (path / "driver_override").write_text("(null)\n")
+        if config is not None:
+            (path / "config").write_bytes(config)
         if group is not None:
             group_dir = self.root / "sys/kernel/iommu_groups" / str(group)
             (group_dir / "devices").mkdir(parents=True, exist_ok=True)
@@ -66,6 +90,12 @@ class FakeSysfs:
             self.add_driver(driver)
             self.natural[bdf] = driver
             self._link(bdf, driver)
+
+    def add_acpi_table(self, name: str, data: bytes) -> None:
+        """Publish an ACPI table under /sys/firmware/acpi/tables as ``name``."""
+        tables = self.root / "sys/firmware/acpi/tables"
+        tables.mkdir(parents=True, exist_ok=True)
+        (tables / name).write_bytes(data)
 
     def driver_of(self, bdf: str) -> str | None:
         """The driver a device is bound to, as the kernel would show it."""

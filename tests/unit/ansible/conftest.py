@@ -7,12 +7,13 @@ loaded from their files.
 from __future__ import annotations
 
 import importlib.util
+import struct
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from ansible_fake_sysfs import FakeSysfs
+from ansible_fake_sysfs import FakeSysfs, acpi_table
 
 LIBRARY = Path(__file__).resolve().parents[3] / "lib" / "vfio_hil" / "lab" / "ansible" / "library"
 
@@ -56,6 +57,12 @@ processor\t: 1
 vendor_id\t: AuthenticAMD
 model name\t: QEMU Virtual CPU version 2.5+
 """
+
+# The DMAR table QEMU's intel-iommu publishes: host address width 39 bits, interrupt remapping,
+# then one DRHD (INCLUDE_PCI_ALL) with its registers at 0xfed90000.
+QEMU_DMAR = acpi_table(
+    "DMAR", struct.pack("<BB10x", 38, 1) + struct.pack("<HHBBHQ", 0, 16, 1, 0, 0, 0xFED90000)
+)
 
 
 @pytest.fixture
@@ -111,6 +118,8 @@ def vm_sysfs(fake_sysfs: FakeSysfs) -> FakeSysfs:
     (dmi / "bios_vendor").write_text("SeaBIOS\n")
     (dmi / "bios_version").write_text("1.16.2-debian-1.16.2-1\n")
     (dmi / "bios_date").write_text("04/01/2014\n")
+    fake.add_acpi_table("APIC", acpi_table("APIC", bytes(8)))
+    fake.add_acpi_table("DMAR", QEMU_DMAR)
     (fake.root / "proc/interrupts").write_text(
         "           CPU0\n"
         "  0:        108  IR-IO-APIC   2-edge      timer\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from types import ModuleType
 
@@ -70,6 +71,17 @@ def test_gather_platform_on_vm_like_tree(facts_mod: ModuleType, vm_sysfs: FakeSy
         "version": "1.16.2-debian-1.16.2-1",
         "date": "04/01/2014",
     }
+    # The DMAR table only: APIC describes no IOMMU.
+    dmar = (vm_sysfs.root / "sys/firmware/acpi/tables/DMAR").read_bytes()
+    assert platform["acpi_iommu_tables"] == {
+        "DMAR": {
+            "sha256": hashlib.sha256(dmar).hexdigest(),
+            "length": 64,
+            "oem_id": "BOCHS",
+            "oem_table_id": "BXPC",
+            "oem_revision": 1,
+        }
+    }
     assert platform["iommu"] == {
         "kind": "intel",
         "units": ["dmar0"],
@@ -86,6 +98,7 @@ def test_gather_platform_on_vm_like_tree(facts_mod: ModuleType, vm_sysfs: FakeSy
         "subsystem_device": "0x1100",
         "class": "0x010802",
         "revision": "0x02",
+        "dsn": None,
         "driver": "nvme",
         "iommu_group": 5,
         "is_bridge": False,
@@ -120,6 +133,8 @@ def test_gather_platform_without_iommu_or_vfio(
     assert platform["kernel_release"] is None
     assert platform["cpu_model"] is None
     assert platform["firmware"] == {"vendor": None, "version": None, "date": None}
+    # No /sys/firmware/acpi/tables at all (a device-tree board): unknown, not "no table".
+    assert platform["acpi_iommu_tables"] is None
 
 
 def test_default_domain_types_are_counted(facts_mod: ModuleType, vm_sysfs: FakeSysfs) -> None:

@@ -20,7 +20,11 @@ from vfio_hil.lab.provision import (
 
 
 def facts(
-    vendor: str, device: str, pci_class: str, subsystem: tuple[str, str] = ("0x1af4", "0x1100")
+    vendor: str,
+    device: str,
+    pci_class: str,
+    subsystem: tuple[str, str] = ("0x1af4", "0x1100"),
+    dsn: str | None = None,
 ) -> dict[str, Any]:
     """A device's platform facts as vfio_hil_facts reads them from sysfs."""
     return {
@@ -30,6 +34,7 @@ def facts(
         "subsystem_device": subsystem[1],
         "class": pci_class,
         "revision": "0x02",
+        "dsn": dsn,
         "driver": "nvme",
         "iommu_group": 5,
         "is_bridge": False,
@@ -37,7 +42,9 @@ def facts(
 
 
 QEMU_NVME = facts("0x1b36", "0x0010", "0x010802")
-SAMSUNG_NVME = facts("0x144d", "0xa808", "0x010802", ("0x144d", "0xa801"))
+SAMSUNG_NVME = facts(
+    "0x144d", "0xa808", "0x010802", ("0x144d", "0xa801"), dsn="00-25-38-5b-91-b0-2c-4e"
+)
 EDU = facts("0x1234", "0x11e8", "0x00ff00")
 TESTDEV = facts("0x1b36", "0x0005", "0x00ff00")
 
@@ -48,13 +55,18 @@ def test_identity_is_what_sysfs_shows() -> None:
         "subsystem_vendor_device": "144d:a801",
         "class_code": "01:08:02",
         "revision": "02",
+        "dsn": "00-25-38-5b-91-b0-2c-4e",
     }
-    # An older DUT's sysfs without some of the files: nothing is made up.
+    # QEMU's NVMe controller has no Device Serial Number capability.
+    assert device_identity(QEMU_NVME)["dsn"] is None
+    # An older DUT's sysfs without some of the files, facts from before the serial number was
+    # read: nothing is made up.
     assert device_identity({"vendor": "0x1234", "device": "0x11e8"}) == {
         "vendor_device": "1234:11e8",
         "subsystem_vendor_device": None,
         "class_code": None,
         "revision": None,
+        "dsn": None,
     }
 
 

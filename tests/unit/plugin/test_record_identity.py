@@ -1,6 +1,8 @@
-"""A record's device is what the DUT says it is: its IDs, class and revision from the host's
-platform facts, and its engine's identity (NVMe: model, serial, firmware) once the session
-learned it; the inventory's model only names what was listed."""
+"""A record's device is what the DUT says it is: its IDs, class, revision and PCIe serial
+number from the host's platform facts, and its engine's identity (NVMe: model, serial,
+firmware) once the session learned it; the inventory's model only names what was listed. Its
+platform carries the digests of the firmware's IOMMU tables, which are not part of the
+platform's key."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_lab import FAKE_LAB
+from fake_lab import ACPI_IOMMU_TABLES, DSN, FAKE_LAB
 
+from vfio_hil.lab.baseline import platform_key
 from vfio_hil_pytest.plugin import _platform_summary
 
 CHECKS = '''
@@ -34,6 +37,7 @@ PCI = {
     "subsystem_vendor_device": "144d:a801",
     "class_code": "01:08:02",
     "revision": "00",
+    "dsn": DSN,
 }
 IDENTITY = {"model": "Samsung SSD 970 EVO Plus 1TB", "serial": "S4EWNX0N", "firmware": "2B2QEXM7"}
 
@@ -61,6 +65,7 @@ def test_records_carry_what_the_device_says(
     }
     # The platform names the IOMMU's default domain type: part of the platform's identity.
     assert {r["platform"]["iommu_mode"] for r in records} == {"DMA-FQ"}
+    assert [r["platform"]["acpi_iommu_tables"] for r in records] == [ACPI_IOMMU_TABLES] * 3
 
 
 @pytest.mark.parametrize(
@@ -71,3 +76,22 @@ def test_platform_names_the_iommu_mode(types: dict[str, int], mode: str | None) 
     facts = {"iommu": {"kind": "intel", "default_domain_types": types}}
     assert _platform_summary(facts)["iommu_mode"] == mode
     assert _platform_summary({})["iommu_mode"] is None
+
+
+def test_iommu_table_digests_are_not_the_platform_key() -> None:
+    """A firmware whose DMAR table changed, or a host whose facts lack the tables, is still the
+    same platform as in the records from before the tables were read: its history and
+    baselines are not split."""
+    facts = {"iommu": {"kind": "intel"}, "kernel_release": "6.1.0-28-amd64"}
+    summary = _platform_summary({**facts, "acpi_iommu_tables": ACPI_IOMMU_TABLES})
+    before = {k: v for k, v in summary.items() if k != "acpi_iommu_tables"}
+    changed = {"DMAR": {**ACPI_IOMMU_TABLES["DMAR"], "sha256": "0" * 64}}
+
+    ids = {
+        platform_key(_platform_summary({**facts, "acpi_iommu_tables": tables}))[0]
+        for tables in (ACPI_IOMMU_TABLES, changed, {}, None)
+    }
+
+    assert summary["acpi_iommu_tables"] == ACPI_IOMMU_TABLES
+    assert ids == {platform_key(before)[0]}
+    assert "acpi_iommu_tables" not in platform_key(summary)[1]

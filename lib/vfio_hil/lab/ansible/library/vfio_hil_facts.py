@@ -7,9 +7,11 @@ can run them against a fake sysfs tree without Ansible.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
+import struct
 from typing import Any
 
 DOCUMENTATION = r"""
@@ -45,10 +47,12 @@ RETURN = r"""
 platform:
   description: >-
     kernel_release, kernel_cmdline, cpu_model, firmware {vendor, version,
-    date}, iommu {kind, units,
+    date}, acpi_iommu_tables {DMAR / IVRS: {sha256, length, oem_id,
+    oem_table_id, oem_revision}, null for a table that cannot be read; null
+    without /sys/firmware/acpi/tables}, iommu {kind, units,
     group_count, default_domain_types}, interrupt_remapping {enabled,
     evidence}, iommu_groups, devices {vendor, device, subsystem_vendor,
-    subsystem_device, class, revision, driver, iommu_group, is_bridge},
+    subsystem_device, class, revision, dsn, driver, iommu_group, is_bridge},
     vfio_params, vfio_loaded, dev_vfio.
   returned: always
   type: dict
@@ -82,6 +86,23 @@ IR_NEGATIVE_RE = re.compile(
 # /proc/interrupts chip names such as IR-PCI-MSI, IR-IO-APIC,
 # IR-PCI-MSIX-0000:00:02.0: an "IR-" chip only exists while remapping is live.
 IR_CHIP_RE = re.compile(r"(?<!\S)(IR-\S+)")
+
+# The ACPI tables describing the IOMMU: DMAR (Intel VT-d), IVRS (AMD-Vi). Where the firmware
+# has several of one signature, sysfs numbers them all (DMAR1, DMAR2; drivers/acpi/sysfs.c).
+ACPI_IOMMU_TABLE_RE = re.compile(r"^(?:DMAR|IVRS)[0-9]*$")
+# The standard ACPI table header (ACPI spec 5.2.6): signature, length, revision, checksum,
+# OEM ID, OEM table ID, OEM revision, creator ID, creator revision.
+ACPI_HEADER = struct.Struct("<4sIBB6s8sI4sI")
+
+# PCI Express extended configuration space (PCIe base spec 7.6, 7.9.3): the extended
+# capabilities start after the 256 bytes of conventional config space; each header dword holds
+# the capability ID (bits 15:0), its version (19:16) and the next one's offset (31:20, whose
+# two low bits software must mask).
+PCI_CFG_SPACE_SIZE = 0x100
+PCI_CFG_SPACE_EXP_SIZE = 0x1000
+PCI_EXT_CAP_ID_DSN = 0x0003
+# Device Serial Number capability: the header, then the serial's low and high dwords.
+DSN_CAP = struct.Struct("<IQ")
 
 
 def normalize_bdf(text: str) -> str:
@@ -119,6 +140,16 @@ def list_dir(path: str) -> list[str]:
         return sorted(os.listdir(path))
     except OSError:
         return []
+
+
+def read_binary(path: str, limit: int = -1) -> bytes | None:
+    """Return up to ``limit`` bytes of a file (all of it by default), or None if it cannot
+    be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit)
+    except OSError:
+        return None
 
 
 def iommu_kind(units: list[str]) -> str:
@@ -183,10 +214,35 @@ def interrupt_remapping(dmesg_text: str, interrupts_text: str) -> dict[str, Any]
     return {"enabled": enabled, "evidence": evidence[:MAX_EVIDENCE]}
 
 
+def device_serial_number(config: bytes) -> str | None:
+    """The PCIe Device Serial Number in a device's config space, as lspci prints it
+    (``00-11-22-33-44-55-66-77``, most significant byte first); None when the device has
+    none or ``config`` does not reach it (conventional PCI, or read without root: 256 or 64
+    bytes). A malformed capability list (a next offset into conventional config space, past
+    the end, or back to a capability already seen) ends the search."""
+    offset = PCI_CFG_SPACE_SIZE
+    seen: set[int] = set()
+    # Each aligned offset is visited once at most, so even a looping list ends.
+    while offset >= PCI_CFG_SPACE_SIZE and offset + 4 <= len(config) and offset not in seen:
+        seen.add(offset)
+        (header,) = struct.unpack_from("<I", config, offset)
+        if header in (0, 0xFFFFFFFF):
+            # No extended capabilities; all ones: the device did not answer.
+            return None
+        if header & 0xFFFF == PCI_EXT_CAP_ID_DSN:
+            if offset + DSN_CAP.size > len(config):
+                return None
+            serial = DSN_CAP.unpack_from(config, offset)[1]
+            return "-".join(f"{byte:02x}" for byte in serial.to_bytes(8, "big"))
+        offset = (header >> 20) & 0xFFC
+    return None
+
+
 def read_devices(root: str) -> dict[str, dict[str, Any]]:
     """Describe every PCI device: what it says it is (vendor, device, subsystem vendor and
-    device IDs, class code, revision, as sysfs shows the config space's registers), bound
-    driver and IOMMU group."""
+    device IDs, class code, revision, as sysfs shows the config space's registers, and its
+    PCIe Device Serial Number from the extended config space), bound driver and IOMMU
+    group."""
     base = os.path.join(root, "sys/bus/pci/devices")
     devices: dict[str, dict[str, Any]] = {}
     for bdf in list_dir(base):
@@ -200,6 +256,9 @@ def read_devices(root: str) -> dict[str, dict[str, Any]]:
             "subsystem_device": read_text(os.path.join(path, "subsystem_device")),
             "class": pci_class,
             "revision": read_text(os.path.join(path, "revision")),
+            "dsn": device_serial_number(
+                read_binary(os.path.join(path, "config"), PCI_CFG_SPACE_EXP_SIZE) or b""
+            ),
             "driver": link_name(os.path.join(path, "driver")),
             "iommu_group": int(group) if group is not None and group.isdigit() else None,
             "is_bridge": (pci_class or "").lower().startswith("0x0604"),
@@ -242,6 +301,42 @@ def read_firmware(root: str) -> dict[str, str | None]:
     }
 
 
+def acpi_table_facts(data: bytes) -> dict[str, Any]:
+    """What identifies one ACPI table: the SHA-256 (hex) and length of its bytes, and its
+    header's OEM ID, OEM table ID and OEM revision (None when the table is shorter than the
+    header)."""
+    facts: dict[str, Any] = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "length": len(data),
+        "oem_id": None,
+        "oem_table_id": None,
+        "oem_revision": None,
+    }
+    if len(data) >= ACPI_HEADER.size:
+        oem_id, oem_table_id, oem_revision = ACPI_HEADER.unpack_from(data)[4:7]
+        facts.update(
+            oem_id=oem_id.decode("ascii", "replace").rstrip(" \x00"),
+            oem_table_id=oem_table_id.decode("ascii", "replace").rstrip(" \x00"),
+            oem_revision=oem_revision,
+        )
+    return facts
+
+
+def read_acpi_iommu_tables(root: str) -> dict[str, dict[str, Any] | None] | None:
+    """The firmware's IOMMU description tables (DMAR, IVRS) as :func:`acpi_table_facts`
+    describes them, by their sysfs name; a table that cannot be read (not root) is None, no
+    such table gives {}. None when there is no /sys/firmware/acpi/tables (no ACPI, as on
+    device-tree Arm boards)."""
+    base = os.path.join(root, "sys/firmware/acpi/tables")
+    if not os.path.isdir(base):
+        return None
+    tables: dict[str, dict[str, Any] | None] = {}
+    for name in filter(ACPI_IOMMU_TABLE_RE.match, list_dir(base)):
+        data = read_binary(os.path.join(base, name))
+        tables[name] = None if data is None else acpi_table_facts(data)
+    return tables
+
+
 def gather_platform(root: str = "/", dmesg_text: str = "") -> dict[str, Any]:
     """Collect the whole ``platform`` result from a (possibly fake) root."""
     interrupts = read_text(os.path.join(root, "proc/interrupts")) or ""
@@ -250,6 +345,7 @@ def gather_platform(root: str = "/", dmesg_text: str = "") -> dict[str, Any]:
         "kernel_cmdline": read_text(os.path.join(root, "proc/cmdline")),
         "cpu_model": cpu_model(read_text(os.path.join(root, "proc/cpuinfo")) or ""),
         "firmware": read_firmware(root),
+        "acpi_iommu_tables": read_acpi_iommu_tables(root),
         "iommu": read_iommu(root),
         "interrupt_remapping": interrupt_remapping(dmesg_text, interrupts),
         "iommu_groups": read_iommu_groups(root),
