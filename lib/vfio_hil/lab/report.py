@@ -4,6 +4,10 @@ A run writes ``reports/<run-id>/`` with ``results.json`` (``{"run": {...}, "resu
 ``junit.xml``, ``allure-results/`` and the Ansible artifacts, and points ``reports/latest`` at
 it. Verdicts: PASS, FAIL (the platform or device broke a guarantee), SKIP (not applicable, with
 a reason), ERROR (the harness or the lab broke).
+
+Every record has ``skip_kind``: None unless its verdict is SKIP, then why, as one of
+:data:`SKIP_KINDS` (so a certification profile can tell a device lacking a capability from a
+lab that did not provide what a check needs).
 """
 
 from __future__ import annotations
@@ -21,6 +25,39 @@ from vfio_hil.core.perf import Figure
 from vfio_hil.lab.errors import ResultsFileError
 
 VERDICTS = ("PASS", "FAIL", "SKIP", "ERROR")
+
+#: The kind of a SKIP raised without one.
+UNCLASSIFIED = "unclassified"
+#: Why a check SKIPped: a SKIP record's ``skip_kind`` (a check names it with
+#: ``vfio_hil_pytest.skip(kind, reason)``).
+SKIP_KINDS = (
+    # The device or host lacks an optional hardware capability the check exercises: no
+    # hotplug-capable slot, its engine raises no INTx, no expansion ROM, no bus or slot reset,
+    # the IOMMU group has no other function, no MSI-X or too few vectors, MSI not maskable,
+    # the device's DMA engine lacks a capability the check needs, no device of the inventory
+    # has the capabilities the check needs.
+    "capability",
+    # The DUT's kernel does not offer the IOMMU backend the check runs under (iommufd: no
+    # /dev/iommu, or no VFIO device cdevs).
+    "backend",
+    # The DUT's kernel lacks an optional feature the check relies on: a VFIO extension or
+    # feature (VFIO_UNMAP_ALL, DMA_AVAIL, dma_entry_limit, ...), or a facility around it
+    # (2 MiB huge pages, a module such as uio_pci_generic or nvme, io_uring and libaio).
+    "kernel",
+    # Not applicable to this platform's architecture or firmware description (its IOMMUs are
+    # described by IORT/DT, or by no DMAR or IVRS table, ...).
+    "platform",
+    # Not run because another check's finding covers it; the reason names that check
+    # ("(PLAT-001)", "(PLAT-002)").
+    "covered",
+    # The lab or inventory did not provide what the check needs: not a virtual host (so no
+    # QMP), no second VFIO group or DMA-capable device to try, no DMA-engine driver of the
+    # library for the device, no fio on the DUT, too little memory for a huge page, a device
+    # not present or not bound to vfio-pci, ...
+    "lab",
+    # A SKIP raised without a kind (a plain ``pytest.skip``).
+    UNCLASSIFIED,
+)
 
 
 def new_run_id() -> str:
