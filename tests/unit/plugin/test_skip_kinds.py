@@ -1,7 +1,8 @@
 """Every SKIP record says why in general, as its ``skip_kind``: the kind the check (or the
 fixture) named with ``skip(kind, reason)``, ``capability`` for a check no device of the
 inventory can run, ``backend`` for an IOMMU backend the DUT lacks, ``unclassified`` for a
-plain ``pytest.skip``; no conformance check SKIPs without naming its kind."""
+plain ``pytest.skip``; no conformance check SKIPs without naming its kind. The run's
+results.json has its check plan."""
 
 from __future__ import annotations
 
@@ -86,6 +87,20 @@ def test_skips_read_as_pytests_own(run: tuple[pytest.RunResult, dict]) -> None:
     junit = Path(data["run"]["inventory"]).parent / "reports" / "latest" / "junit.xml"
     messages = {e.get("message") for e in ElementTree.parse(junit).iter("skipped")}
     assert "the kernel lacks the VFIO_UNMAP_ALL extension" in messages
+
+
+def test_the_run_has_its_check_plan(run: tuple[pytest.RunResult, dict]) -> None:
+    """The plan is the catalogue's on the inventory, whatever ``-k`` selected."""
+    _, data = run
+    plan = data["run"]["plan"]
+    assert "PLAT-001" in plan["host_checks"] and "RST-001" in plan["device_checks"]
+    (device,) = plan["devices"]
+    assert {k: device[k] for k in ("host", "bdf", "model")} == {
+        "host": "lab-3",
+        "bdf": "0000:3b:00.0",
+        "model": "nvme",
+    }
+    assert "nvme" in device["capabilities"] and "PERF-001" in device["checks"]
 
 
 @pytest.mark.parametrize("kind", ["nope", "unclassified"])
