@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from vfio_hil.lab.inventory import DEVICE_MODELS
 from vfio_hil.lab.session import DeviceLease
-from vfio_hil_pytest import ALL_BACKENDS, check
+from vfio_hil_pytest import ALL_BACKENDS, check, skip
 
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 ENGINE_SPEC = "the device's own register and command set (edu.rst; NVM Express Base 2.0)"
@@ -58,7 +56,7 @@ def _engine_call(
     evidence.add("engine", r.get("engine"))
     evidence.add("findings", r)
     if "skip" in r:
-        pytest.skip(f"{dut_device.bdf}: {r['skip']}")
+        skip(r["skip_kind"], f"{dut_device.bdf}: {r['skip']}")
     return r
 
 

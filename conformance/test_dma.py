@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from vfio_hil.lab.session import DeviceLease
-from vfio_hil_pytest import check
+from vfio_hil_pytest import check, skip
 
 VFIO_H = "include/uapi/linux/vfio.h"
 MAP_SPEC = f"{VFIO_H} VFIO_IOMMU_MAP_DMA, struct vfio_iommu_type1_dma_map"
@@ -155,7 +153,7 @@ def test_unmap_all(dut_device: DeviceLease, evidence: Any) -> None:
     DMA mapping entry back."""
     r = dut_device.call("mapping.unmap_all", bdf=dut_device.bdf)
     if not r["supported"]:
-        pytest.skip(f"the kernel on {dut_device.host.name} lacks the VFIO_UNMAP_ALL extension")
+        skip("kernel", f"the kernel on {dut_device.host.name} lacks the VFIO_UNMAP_ALL extension")
     evidence.add("ioctls", r["ioctls"])
     assert r["unmapped"] == r["expected"], (
         f"{dut_device.bdf}: UNMAP_DMA FLAG_ALL reported {r['unmapped']}, expected the "
@@ -200,7 +198,7 @@ def test_dma_avail_accounting(dut_device: DeviceLease, evidence: Any) -> None:
     unmap must give it back, so userspace can plan its mappings before hitting ENOSPC."""
     r = dut_device.call("mapping.dma_avail_accounting", bdf=dut_device.bdf)
     if not r["reported"]:
-        pytest.skip(f"the kernel on {dut_device.host.name} does not report DMA_AVAIL")
+        skip("kernel", f"the kernel on {dut_device.host.name} does not report DMA_AVAIL")
     trail = r["trail"]
     evidence.add("dma_avail", trail)
     n = r["mappings"]
@@ -224,7 +222,7 @@ def test_dma_entry_limit(dut_device: DeviceLease, evidence: Any) -> None:
     refuse the next one with ENOSPC, and accept one again after an unmap."""
     r = dut_device.call("mapping.dma_entry_limit", bdf=dut_device.bdf, limit=4)
     if not r["supported"]:
-        pytest.skip(f"vfio_iommu_type1 on {dut_device.host.name} has no dma_entry_limit")
+        skip("kernel", f"vfio_iommu_type1 on {dut_device.host.name} has no dma_entry_limit")
     evidence.add("ioctls", r["ioctls"])
     evidence.add(
         "budgets",
@@ -264,7 +262,7 @@ def test_hugepage_mapping(dut_device: DeviceLease, evidence: Any) -> None:
     page pool is filled for the check and restored afterwards."""
     r = dut_device.call("mapping.hugepage_mapping", bdf=dut_device.bdf)
     if "skip" in r:
-        pytest.skip(f"{dut_device.host.name}: {r['skip']}")
+        skip(r["skip_kind"], f"{dut_device.host.name}: {r['skip']}")
     evidence.add("ioctls", r["ioctls"])
     assert r["map_whole"] == 0, (
         f"{dut_device.bdf}: MAP_DMA of a 2 MiB huge page answered {r['map_whole']}"

@@ -7,10 +7,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from vfio_hil.lab.session import DeviceLease, Lab
-from vfio_hil_pytest import check
+from vfio_hil_pytest import check, skip
 
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 VFIO_H = "include/uapi/linux/vfio.h"
@@ -54,14 +52,14 @@ def test_group_viability_follows_members(
     driver, and restores it after."""
     partner = _group_partner(dut_device)
     if partner is None:
-        pytest.skip(f"the IOMMU group of {dut_device.bdf} has no other PCI function")
+        skip("capability", f"the IOMMU group of {dut_device.bdf} has no other PCI function")
     with _leased(vfio_lab, dut_device, partner):
         r = dut_device.call(
             "ownership.viability_with_host_driver", bdf=dut_device.bdf, other=partner
         )
     evidence.add("ioctls", r.get("ioctls", []))
     if "skip" in r:
-        pytest.skip(r["skip"])
+        skip(r["skip_kind"], r["skip"])
     host, vfio = r["foreign"], r["vfio"]
     where = f"group {r['group']} of {dut_device.bdf}"
     assert not host["viable"], f"{where} reports viable while {partner} is on {r['host_driver']}"

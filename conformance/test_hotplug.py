@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from vfio_hil.lab.session import DeviceLease, Lab
-from vfio_hil_pytest import check
+from vfio_hil_pytest import check, skip
 
 VFIO_H = "include/uapi/linux/vfio.h"
 REQ_SPEC = f"{VFIO_H} VFIO_PCI_REQ_IRQ_INDEX; drivers/vfio/pci/vfio_pci_core.c request"
@@ -220,26 +220,29 @@ def hotplug(dut_device: DeviceLease, vfio_lab: Lab, hotplug_way: str) -> Hotplug
     host = dut_device.host.name
     slot = dut_device.call("hotplug.slot_of", bdf=dut_device.bdf)
     if slot is None:
-        pytest.skip(
+        skip(
+            "capability",
             f"{dut_device.bdf} is in no hotplug-capable slot of {host} "
-            "(HP runs on devices in such slots)"
+            "(HP runs on devices in such slots)",
         )
     virtual = dut_device.host.host.vm is not None
     if hotplug_way == QMP:
         if not virtual:
-            pytest.skip(f"{host} is not a virtual host: qmp is QEMU's monitor")
+            skip("lab", f"{host} is not a virtual host: qmp is QEMU's monitor")
         return QmpWay(dut_device, slot, QemuCard(vfio_lab, dut_device))
     others = [f for f in slot["functions"] if f != dut_device.bdf]
     if hotplug_way == SLOT_POWER and others:
-        pytest.skip(
+        skip(
+            "capability",
             f"slot {slot['name']} of {host} also holds {', '.join(others)}: powering it off "
-            "would remove them too"
+            "would remove them too",
         )
     if hotplug_way == SLOT_POWER and slot["system_vendor"] == "QEMU":
         if not virtual:
-            pytest.skip(
+            skip(
+                "lab",
                 f"slot {slot['name']} of {host} is QEMU's, which ejects its card when powered "
-                f"off, and {host} is not driven as a virtual host whose monitor could put it back"
+                f"off, and {host} is not driven as a virtual host whose monitor could put it back",
             )
         return DutWay(hotplug_way, dut_device, slot, QemuCard(vfio_lab, dut_device))
     return DutWay(hotplug_way, dut_device, slot)

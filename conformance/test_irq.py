@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from vfio_hil.lab.session import DeviceLease, HostSession
-from vfio_hil_pytest import check
+from vfio_hil_pytest import check, skip
 
 VFIO_H = "include/uapi/linux/vfio.h"
 SET_IRQS = f"{VFIO_H} VFIO_DEVICE_SET_IRQS"
@@ -22,7 +20,7 @@ def _raised(dut_device: DeviceLease, func: str, **kwargs: Any) -> dict[str, Any]
         f"interrupts.{func}", bdf=dut_device.bdf, scratch=dut_device.device.scratch, **kwargs
     )
     if "skip" in r:
-        pytest.skip(f"{dut_device.bdf}: {r['skip']}")
+        skip(r["skip_kind"], f"{dut_device.bdf}: {r['skip']}")
     return r
 
 
@@ -81,7 +79,7 @@ def test_msix_loopback(dut_device: DeviceLease, evidence: Any) -> None:
     completion to another's handler."""
     r = dut_device.call("interrupts.msix_loopback", bdf=dut_device.bdf, max_vectors=8)
     if not r["vectors"]:
-        pytest.skip(f"{dut_device.bdf} reports no MSI-X vectors")
+        skip("capability", f"{dut_device.bdf} reports no MSI-X vectors")
     evidence.add("counts", r)
     n = r["vectors"]
     for vector, counts in enumerate(r["per_vector"]):
@@ -133,9 +131,10 @@ def test_msi_mask_unmask(dut_device: DeviceLease, evidence: Any) -> None:
     r = _raised(dut_device, "msi_mask")
     evidence.add("result", r)
     if not r["maskable"]:
-        pytest.skip(
+        skip(
+            "capability",
             f"{dut_device.bdf}: MSI is not maskable through VFIO (IRQ info flags "
-            f"{r['flags']:#x} lack MASKABLE; a mask request answers {r['mask_request']})"
+            f"{r['flags']:#x} lack MASKABLE; a mask request answers {r['mask_request']})",
         )
     assert r["while_masked"] == 0 and r["on_unmask"] == 1, (
         f"{dut_device.bdf}: masked MSI counted {r['while_masked']}, then {r['on_unmask']} on "
@@ -189,7 +188,7 @@ def test_interrupt_remapping_enforced(dut_host: HostSession, evidence: Any) -> N
         None,
     )
     if bdf is None:
-        pytest.skip(f"no device of {dut_host.name} is in an IOMMU group on vfio-pci (PLAT-001)")
+        skip("covered", f"no device of {dut_host.name} is in an IOMMU group on vfio-pci (PLAT-001)")
     remap = dut_host.platform["interrupt_remapping"]
     r = dut_host.call("interrupts.remapping_attach", bdf=bdf)
     evidence.add("attach", {**r, "bdf": bdf, "interrupt_remapping": remap})
@@ -245,7 +244,7 @@ def test_msix_vector_deassign(dut_device: DeviceLease, evidence: Any) -> None:
     interrupts."""
     r = dut_device.call("interrupts.vector_deassign", bdf=dut_device.bdf)
     if r["vectors"] < 2:
-        pytest.skip(f"{dut_device.bdf} has fewer than 2 MSI-X vectors")
+        skip("capability", f"{dut_device.bdf} has fewer than 2 MSI-X vectors")
     evidence.add("counts", r)
     n, victim = r["vectors"], r["victim"]
     expected = [int(i != victim) for i in range(n)]

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from vfio_hil.lab.inventory import DutDevice
 from vfio_hil.lab.session import DeviceLease, Lab
-from vfio_hil_pytest import ALL_BACKENDS, check
+from vfio_hil_pytest import ALL_BACKENDS, check, skip
 
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 MAP_SPEC = "include/uapi/linux/vfio.h VFIO_IOMMU_MAP_DMA"
@@ -42,7 +40,7 @@ def _probe(
         **kwargs,
     )
     if "skip" in r:
-        pytest.skip(f"{dut_device.host.name}: {r['skip']}")
+        skip(r["skip_kind"], f"{dut_device.host.name}: {r['skip']}")
     evidence.add("engine", r["engine"])
     evidence.add("transfers", r["transfers"])
     evidence.add("ioctls", r["ioctls"])
@@ -227,9 +225,10 @@ def test_cross_container(
     other device, in whose container it is mapped, reaches it."""
     peer = _peer(dut_device)
     if peer is None:
-        pytest.skip(
+        skip(
+            "lab",
             f"no second DMA-capable device on vfio-pci in another IOMMU group on "
-            f"{dut_device.host.name}"
+            f"{dut_device.host.name}",
         )
     with vfio_lab.lease(peer):
         r = _probe(dut_device, iommu_backend, evidence, "cross_container", peer=peer.bdf)

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
 
-import pytest
-
 from vfio_hil.core.perf import Figure
 from vfio_hil.core.perf.measure import Measurement
 from vfio_hil.lab.session import DeviceLease
-from vfio_hil_pytest import check
+from vfio_hil_pytest import check, skip
 
 NVME_SPEC = "NVM Express Base Specification 2.0: I/O queues, Read command"
 VFIO_RST = "Documentation/driver-api/vfio.rst: VFIO Usage Example"
@@ -36,7 +34,8 @@ def _measured(
     evidence."""
     evidence.add("measurements", run)
     if not run["measurements"]:
-        pytest.skip(f"{run['bdf']}: " + "; ".join(f"{k}: {v}" for k, v in run["skipped"].items()))
+        skipped = "; ".join(f"{k}: {v}" for k, v in run["skipped"].items())
+        skip("capability", f"{run['bdf']}: {skipped}")
     return [f for m in run["measurements"] for f in derive(Measurement.from_dict(m))]
 
 
@@ -117,7 +116,10 @@ def test_near_native(dut_device: DeviceLease, evidence: Any, figures: Any, perf_
     ratios = []
     for (name, _, _), kernel in zip(NEAR_NATIVE, kernel_runs):
         if not kernel["available"]:
-            pytest.skip(f"{dut_device.bdf}: kernel side not measured: {kernel['why_not']}")
+            skip(
+                kernel["why_not_kind"],
+                f"{dut_device.bdf}: kernel side not measured: {kernel['why_not']}",
+            )
         found += _kernel_figures(f"kernel_{name}", kernel)
         kernel_iops = kernel["measurement"]["iops"]
         if name in iops and kernel_iops:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import pytest
-
 from vfio_hil.dut.iommu_state import DeviceIrqChips as IrqChips
 from vfio_hil.lab import iommu_options
 from vfio_hil.lab.session import HostSession
-from vfio_hil_pytest import check
+from vfio_hil_pytest import check, skip
 
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 
@@ -168,7 +166,7 @@ def test_group_membership(dut_host: HostSession, evidence: Any) -> None:
     )
     grouped = {bdf: s for bdf, s in states.items() if s["iommu_group"] is not None}
     if not grouped:
-        pytest.skip(f"no device under test on {dut_host.name} is in an IOMMU group (PLAT-001)")
+        skip("covered", f"no device under test on {dut_host.name} is in an IOMMU group (PLAT-001)")
     foreign = sorted(
         {
             f"{member} on {driver} (group {s['iommu_group']} of {bdf})"
@@ -202,9 +200,9 @@ def test_acpi_iommu_table(dut_host: HostSession, evidence: Any) -> None:
     evidence.add("tables", tables)
     machine = tables["machine"]
     if machine not in X86:
-        pytest.skip(f"{dut_host.name} is {machine}: IOMMUs there are described by IORT/DT")
+        skip("platform", f"{dut_host.name} is {machine}: IOMMUs there are described by IORT/DT")
     if kind not in IOMMU_TABLES:
-        pytest.skip(f"the {kind} IOMMU on {dut_host.name} is not described by DMAR or IVRS")
+        skip("platform", f"the {kind} IOMMU on {dut_host.name} is not described by DMAR or IVRS")
     wanted = IOMMU_TABLES[kind]
     present = [name for name in ("DMAR", "IVRS") if tables[name] is not None]
     assert set(wanted) & set(present), (
@@ -219,7 +217,7 @@ def _iommu_kind(dut_host: HostSession, what: str) -> str:
     """The host's IOMMU kind; SKIP, saying there is none ``what`` for, when it has none."""
     kind = dut_host.platform["iommu"]["kind"]
     if kind == "none":
-        pytest.skip(f"no IOMMU on {dut_host.name} {what} (PLAT-001)")
+        skip("covered", f"no IOMMU on {dut_host.name} {what} (PLAT-001)")
     return str(kind)
 
 
@@ -253,7 +251,7 @@ def test_no_idle_iommu_faults(dut_host: HostSession, evidence: Any) -> None:
 
 def _remapping_on(dut_host: HostSession) -> None:
     if not dut_host.platform["interrupt_remapping"]["enabled"]:
-        pytest.skip(f"interrupt remapping is off on {dut_host.name} (PLAT-002)")
+        skip("covered", f"interrupt remapping is off on {dut_host.name} (PLAT-002)")
 
 
 @check(

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from vfio_hil.lab.session import DeviceLease
-from vfio_hil_pytest import check
+from vfio_hil_pytest import check, skip
 
 VFIO_H = "include/uapi/linux/vfio.h"
 PCI_SPEC = "PCI Local Bus spec 3.0"
@@ -129,7 +127,7 @@ def test_msix_table_protected(dut_device: DeviceLease, evidence: Any) -> None:
     r = dut_device.call("regions.msix_table", bdf=dut_device.bdf)
     evidence.add("msix", r)
     if "skip" in r:
-        pytest.skip(r["skip"])
+        skip(r["skip_kind"], r["skip"])
     where = f"MSI-X table of {dut_device.bdf} (BAR{r['bar']} + {r['table_offset']:#x})"
     shown = [f"{v:#x}" for v in r["fd_reads"] if v != 0xFFFFFFFF]
     assert not shown, f"{where} reads through the fd as {', '.join(shown)}, not all ones"
@@ -164,7 +162,7 @@ def test_io_port_bar(dut_device: DeviceLease, evidence: Any) -> None:
     r = dut_device.call("regions.testdev_io_port", bdf=dut_device.bdf)
     evidence.add("io port", r)
     if "skip" in r:
-        pytest.skip(r["skip"])
+        skip(r["skip_kind"], r["skip"])
     region = r["region"]
     assert region["flags"] & (FLAG_READ | FLAG_WRITE) == FLAG_READ | FLAG_WRITE, (
         f"I/O BAR{r['bar']} of {dut_device.bdf} lacks READ/WRITE (flags {region['flags']:#x})"
@@ -281,9 +279,10 @@ def test_rom_region(dut_device: DeviceLease, evidence: Any) -> None:
     evidence.add("rom", r)
     region = r["region"]
     if region["size"] == 0:
-        pytest.skip(
+        skip(
+            "capability",
             f"{dut_device.bdf} has no readable expansion ROM (ROM BAR size in sysfs: "
-            f"{r['sysfs_size']:#x})"
+            f"{r['sysfs_size']:#x})",
         )
     assert region["flags"] == FLAG_READ, (
         f"{dut_device.bdf} ROM region flags {region['flags']:#x}, expected READ only"

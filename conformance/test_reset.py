@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from vfio_hil.lab.session import DeviceLease
-from vfio_hil_pytest import check
+from vfio_hil_pytest import check, skip
 
 VFIO_H = "include/uapi/linux/vfio.h"
 NVME_SPEC = "NVM Express base spec 2.0, 3.7.2 (controller level reset), 3.1 (CC, CSTS)"
@@ -23,9 +21,10 @@ def _hot_reset_skip(info: dict[str, Any], bdf: str) -> None:
     # The kernel's answer for a reset it cannot do: vfio_pci_ioctl_get_pci_hot_reset_info()
     # returns -ENODEV when both pci_probe_reset_slot() and pci_probe_reset_bus() refuse.
     if info["ret"] == "-ENODEV":
-        pytest.skip(
+        skip(
+            "capability",
             f"{bdf} has no bus or slot reset (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: ENODEV, "
-            f"pci_probe_reset_slot/bus refused: {VFIO_PCI_CORE})"
+            f"pci_probe_reset_slot/bus refused: {VFIO_PCI_CORE})",
         )
 
 
@@ -47,7 +46,7 @@ def test_reset_stops_nvme(dut_device: DeviceLease, evidence: Any) -> None:
     r = dut_device.call("reset.nvme_reset", bdf=dut_device.bdf, scratch=dut_device.device.scratch)
     evidence.add("registers", r)
     if "skip" in r:
-        pytest.skip(r["skip"])
+        skip(r["skip_kind"], r["skip"])
     before, after = r["before"], r["after"]
     assert r["reset"] == "0", f"VFIO_DEVICE_RESET on {dut_device.bdf} got {r['reset']}"
     assert before["CC"] & NVME_CC_EN and before["CSTS"] & NVME_CSTS_RDY, (
@@ -158,9 +157,9 @@ def test_hot_reset_needs_ownership(dut_device: DeviceLease, evidence: Any) -> No
     if "link_before" in r:
         evidence.add("link", {k: r.get(k) for k in ("link_before", "link_after")})
     if "skip" in r:
-        pytest.skip(r["skip"])
+        skip(r["skip_kind"], r["skip"])
     if "incomplete_skip" in r:
-        pytest.skip(f"{dut_device.bdf}: {r['incomplete_skip']}")
+        skip("lab", f"{dut_device.bdf}: {r['incomplete_skip']}")
     for case, what in (("empty", "no group fd"), ("incomplete", "an incomplete group list")):
         assert r[case] == "-EINVAL", (
             f"VFIO_DEVICE_PCI_HOT_RESET of {dut_device.bdf} with {what} got {r[case]}, "

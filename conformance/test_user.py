@@ -11,11 +11,9 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from vfio_hil.lab.inventory import ENGINE_CAPABILITIES
-from vfio_hil.lab.session import DeviceLease, HostSession, Lab
-from vfio_hil_pytest import check
+from vfio_hil.lab.session import DeviceLease, HostSession, Lab, Unusable
+from vfio_hil_pytest import check, skip
 
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 VFIO_H = "include/uapi/linux/vfio.h"
@@ -49,24 +47,30 @@ def _usable_device(
     dut_host: HostSession, lab: Lab, needs: frozenset[str] = frozenset()
 ) -> Iterator[DeviceLease]:
     """Lease the first device under test that has ``needs`` and that VFIO can drive on the
-    host; SKIP if there is none."""
+    host; SKIP if there is none, for the first device's reason."""
     reasons = []
     for device in dut_host.devices:
         if not device.may_have(needs):
             continue
-        reason = dut_host.vfio_unusable(device.bdf)
-        if reason is None and needs & ENGINE_CAPABILITIES:
-            offered = set(dut_host.engine(device.bdf)["capabilities"])
+        unusable = dut_host.vfio_unusable(device.bdf)
+        if unusable is None and needs & ENGINE_CAPABILITIES:
+            engine = dut_host.engine(device.bdf)
+            offered = set(engine["capabilities"])
             if not needs & ENGINE_CAPABILITIES <= offered:
                 missing = ", ".join(sorted(needs - offered))
-                reason = f"{device.bdf}: its DMA engine offers no {missing}"
-        if reason is None:
+                # No engine at all: the library has no driver for the device (as dut_device).
+                kind = "capability" if engine["engine"] else "lab"
+                unusable = Unusable(kind, f"{device.bdf}: its DMA engine offers no {missing}")
+        if unusable is None:
             with lab.lease(device) as lease:
                 yield lease
             return
-        reasons.append(reason)
+        reasons.append(unusable)
+    if reasons:
+        skip(reasons[0].kind, reasons[0].reason)
+    # No device with the capabilities, or no device listed on the host at all.
     wanted = f" with {', '.join(sorted(needs))}" if needs else ""
-    pytest.skip(reasons[0] if reasons else f"no device under test{wanted} on {dut_host.name}")
+    skip("capability" if needs else "lab", f"no device under test{wanted} on {dut_host.name}")
 
 
 @check(
@@ -144,7 +148,7 @@ def test_foreign_group_refused(dut_host: HostSession, vfio_lab: Lab, evidence: A
             }
         )
         if not foreign:
-            pytest.skip(f"no second VFIO group on {dut_host.name} to try")
+            skip("lab", f"no second VFIO group on {dut_host.name} to try")
         r = lease.call("unprivileged.foreign_node_refused", bdf=lease.bdf, foreign_group=foreign[0])
     opens = _child_result(evidence, r)["opens"]
     for label in ("own", "container"):

@@ -1,6 +1,6 @@
 """Helpers the DUT-side check modules share: opening a device through a type1v2 container,
-the ioctl transcript kept as a check's evidence, and the IOMMU fault records of the kernel
-log. Runs on the DUT (Python 3.9+).
+the ioctl transcript kept as a check's evidence, the IOMMU fault records of the kernel log,
+and the answer that makes a check SKIP. Runs on the DUT (Python 3.9+).
 """
 
 from __future__ import annotations
@@ -38,6 +38,17 @@ def open_device(bdf: str) -> Iterator[Tuple[Container, Group, Device]]:
     bdf = sysfs.normalize_bdf(bdf)
     with container_for(bdf) as (container, group), group.device(bdf) as device:
         yield container, group, device
+
+
+# -- a check's SKIP ------------------------------------------------------------------------
+
+
+def skipped(kind: str, reason: str) -> Dict[str, str]:
+    """The answer of a DUT function whose check does not apply here: ``{"skip": reason,
+    "skip_kind": kind}``, the check SKIPs with both. ``kind`` is the controller's word for
+    why (``vfio_hil.lab.report.SKIP_KINDS``: ``capability``, ``kernel``, ``lab``, ...), which
+    checks it when the check raises the SKIP."""
+    return {"skip": reason, "skip_kind": kind}
 
 
 # -- raw results and the ioctl transcript ----------------------------------------------------

@@ -22,7 +22,7 @@ from ..core.drivers import DmaEngine
 from ..core.errors import VfioError
 from ..core.group import Group
 from ..core.irq import EventFd
-from .common import Transcript, answer
+from .common import Transcript, answer, skipped
 from .engines import engine_in_container
 from .mapping import EINVAL, OK, Case, Expected, device_in_container, run_case
 
@@ -191,7 +191,7 @@ def msi_per_raise(bdf: str, raises: int = 1, scratch: bool = False) -> Dict[str,
     with ExitStack() as stack:
         raiser = _Raiser(stack, bdf, _message_signalled, scratch)
         if raiser.why:
-            return {"skip": raiser.why}
+            return skipped("capability", raiser.why)
         counts = []
         for _ in range(raises):
             raiser.raise_irq()
@@ -206,7 +206,7 @@ def intx_mask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     with ExitStack() as stack:
         raiser = _Raiser(stack, bdf, _intx, scratch)
         if raiser.why:
-            return {"skip": raiser.why}
+            return skipped("capability", raiser.why)
         device = raiser.device
         device.mask_irqs(INTX)
         raiser.raise_irq()
@@ -225,7 +225,7 @@ def intx_automask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     with ExitStack() as stack:
         raiser = _Raiser(stack, bdf, _intx, scratch)
         if raiser.why:
-            return {"skip": raiser.why}
+            return skipped("capability", raiser.why)
         device = raiser.device
         raiser.raise_irq()
         first = raiser.wait(ARRIVE_S)
@@ -252,7 +252,7 @@ def msi_mask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
     with ExitStack() as stack:
         raiser = _Raiser(stack, bdf, _message_signalled, scratch)
         if raiser.why:
-            return {"skip": raiser.why}
+            return skipped("capability", raiser.why)
         device, index = raiser.device, raiser.index
         info = device.irq_info(index)
         if not info.maskable:

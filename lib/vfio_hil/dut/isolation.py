@@ -481,7 +481,7 @@ def hugepage_dma(bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
     half, one ending just before its last bytes, and nowhere else."""
     with hugepages(1) as unavailable:
         if unavailable:
-            return {"skip": unavailable}
+            return unavailable
         with ExitStack() as stack:
             bench = _Bench(stack, bdf, scratch, backend)
             huge = map_buffer(

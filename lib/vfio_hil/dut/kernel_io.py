@@ -6,7 +6,8 @@ driver, waits for its first namespace's block device, reads it with fio (``--rea
 ``--direct=1``; nothing is ever written) and gives it back to vfio-pci with the
 driver_override it had, whatever happened. What cannot be measured on this DUT (no fio, no
 nvme driver, no namespace, neither io_uring nor libaio) is an answer, not an error:
-``available`` is False and ``why_not`` names the reason.
+``available`` is False, ``why_not`` names the reason and ``why_not_kind`` its kind, as the
+check SKIPs with it (``vfio_hil.lab.report.SKIP_KINDS``).
 
 fio's latency is total latency (``lat_ns``: submission to completion, ``--lat_percentiles=1``
 makes the percentiles of it), as the userspace engine measures it.
@@ -72,8 +73,8 @@ class FioMeasurement:
 
 @dataclass
 class KernelIoResult:
-    """One :func:`fio_run`: the workload asked for, whether it could run (``why_not`` when
-    not), what ran it and, when it ran, the ``measurement``."""
+    """One :func:`fio_run`: the workload asked for, whether it could run (``why_not`` and its
+    SKIP kind ``why_not_kind`` when not), what ran it and, when it ran, the ``measurement``."""
 
     bdf: str
     rw: str
@@ -83,6 +84,7 @@ class KernelIoResult:
     warmup_s: float
     available: bool = False
     why_not: Optional[str] = None
+    why_not_kind: Optional[str] = None
     driver: Optional[str] = None
     block_device: Optional[str] = None
     fio_version: Optional[str] = None
@@ -311,6 +313,7 @@ def _measure(fio: str, result: KernelIoResult) -> None:
                 f"{' '.join(result.command)} exited {proc.returncode}: {_tail(output)}",
             )
         result.refused_ioengines[ioengine] = _fio_messages(output)
+    result.why_not_kind = "kernel"
     result.why_not = "io_uring and libaio both unavailable: " + "; ".join(
         f"{engine}: {why}" for engine, why in result.refused_ioengines.items()
     )
@@ -359,7 +362,7 @@ def fio_runs(
     fio = shutil.which("fio")
     if fio is None:
         return _unavailable(
-            results, f"fio is not installed on the DUT: install Debian package {FIO_PACKAGE}"
+            results, "lab", f"fio is not installed on the DUT: install Debian package {FIO_PACKAGE}"
         )
     version = _fio_version(fio, bdf)
     for result in results:
@@ -367,7 +370,7 @@ def fio_runs(
     driver_before = sysfs.driver(bdf)
     with loaded_module(NVME_DRIVER) as missing:
         if missing:
-            return _unavailable(results, f"the nvme driver is not available: {missing}")
+            return _unavailable(results, "kernel", f"the nvme driver is not available: {missing}")
         with restored_binding(bdf):
             _measure_on_nvme(fio, results, namespace_timeout_s)
     driver_after = sysfs.driver(bdf)
@@ -378,9 +381,9 @@ def fio_runs(
     return [asdict(r) for r in results]
 
 
-def _unavailable(results: List[KernelIoResult], why: str) -> List[Dict[str, Any]]:
+def _unavailable(results: List[KernelIoResult], kind: str, why: str) -> List[Dict[str, Any]]:
     for result in results:
-        result.why_not = why
+        result.why_not_kind, result.why_not = kind, why
     return [asdict(r) for r in results]
 
 
@@ -393,8 +396,10 @@ def _measure_on_nvme(fio: str, results: List[KernelIoResult], namespace_timeout_
     for result in results:
         result.driver, result.block_device = driver, block_device
         if driver != NVME_DRIVER:
+            result.why_not_kind = "kernel"
             result.why_not = f"the nvme driver did not bind {bdf} (left on {driver or 'no driver'})"
         elif block_device is None:
+            result.why_not_kind = "capability"
             result.why_not = (
                 f"no namespace block device of {bdf} appeared within "
                 f"{namespace_timeout_s:g} s on the nvme driver"

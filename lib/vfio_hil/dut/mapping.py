@@ -24,7 +24,7 @@ from ..core.container import Container
 from ..core.device import Device
 from ..core.dma import HUGE_2M, DmaBuffer
 from ..core.group import Group
-from .common import RW, Transcript, answer, container_for, open_device
+from .common import RW, Transcript, answer, container_for, open_device, skipped
 
 READ = uapi.VFIO_DMA_MAP_FLAG_READ
 WRITE = uapi.VFIO_DMA_MAP_FLAG_WRITE
@@ -63,15 +63,16 @@ def _read_int(path: str) -> int:
 
 
 @contextmanager
-def hugepages(count: int, page_size: int = HUGE_2M) -> Iterator[Optional[str]]:
+def hugepages(count: int, page_size: int = HUGE_2M) -> Iterator[Optional[Dict[str, str]]]:
     """Make ``count`` free huge pages of ``page_size`` available while the block runs.
 
     Grows the kernel's pool when it has too few free pages and shrinks it back afterwards.
-    Yields None when the pages are there, or why they are not (the check then SKIPs).
+    Yields None when the pages are there, or the answer that makes the check SKIP
+    (:func:`.common.skipped`: the kernel has no such pages, or the host cannot spare them).
     """
     pool = sysfs.hugepage_pool(page_size)
     if pool is None:
-        yield f"the kernel has no {page_size >> 10} KiB huge pages"
+        yield skipped("kernel", f"the kernel has no {page_size >> 10} KiB huge pages")
         return
     if pool.free >= count:
         yield None
@@ -80,15 +81,18 @@ def hugepages(count: int, page_size: int = HUGE_2M) -> Iterator[Optional[str]]:
     try:
         _write(path, str(pool.total + count - pool.free))
     except OSError as exc:
-        yield f"cannot grow the {page_size >> 10} KiB huge page pool: {exc.strerror}"
+        yield skipped(
+            "lab", f"cannot grow the {page_size >> 10} KiB huge page pool: {exc.strerror}"
+        )
         return
     try:
         now = sysfs.hugepage_pool(page_size)
         if now is None or now.free < count:
             free = now.free if now else 0
-            yield (
+            yield skipped(
+                "lab",
                 f"the {page_size >> 10} KiB huge page pool could not be filled: {free} free "
-                f"of {count} needed (memory too fragmented or too small)"
+                f"of {count} needed (memory too fragmented or too small)",
             )
         else:
             yield None
@@ -621,7 +625,7 @@ def hugepage_mapping(bdf: str) -> Dict[str, Any]:
     transcript = Transcript()
     with hugepages(1) as unavailable:
         if unavailable:
-            return {"skip": unavailable}
+            return unavailable
         with ExitStack() as stack:
             container, _group = stack.enter_context(container_for(bdf))
             huge = stack.enter_context(DmaBuffer(HUGE_2M, page_size=HUGE_2M))

@@ -18,7 +18,7 @@ from ..core.container import Container
 from ..core.dma import DmaBuffer
 from ..core.errors import VfioError
 from ..core.group import Group, group_node
-from .common import Transcript, errno_name, open_device
+from .common import Transcript, errno_name, open_device, skipped
 
 PCI_DEVICES = "/sys/bus/pci/devices"
 DRIVERS_PROBE = "/sys/bus/pci/drivers_probe"
@@ -103,7 +103,7 @@ def viability_with_host_driver(
 
     Returns the group status and the VFIO_GROUP_SET_CONTAINER result while ``other`` is on
     the host driver and again once it is back on vfio-pci; ``skip`` says why the state cannot
-    be made (the driver is missing or refuses the device).
+    be made (:func:`.common.skipped`: the kernel lacks the driver, or it refuses the device).
     """
     bdf, other = sysfs.normalize_bdf(bdf), sysfs.normalize_bdf(other)
     group_number = sysfs.iommu_group(bdf)
@@ -113,12 +113,13 @@ def viability_with_host_driver(
     result: Dict[str, Any] = {"group": group_number, "other": other, "host_driver": host_driver}
     with loaded_module(host_driver) as missing:
         if missing:
-            return {**result, "skip": missing}
+            return {**result, **skipped("kernel", missing)}
         with restored_binding(other):
             bound = bind(other, host_driver)
             result["other_driver"] = bound
             if bound != host_driver:
-                return {**result, "skip": f"{host_driver} did not bind {other} (now: {bound})"}
+                refused = f"{host_driver} did not bind {other} (now: {bound})"
+                return {**result, **skipped("capability", refused)}
             with Group(group_number) as group, Container() as container:
                 result["foreign"] = _status_and_attach(group, container, log)
             result["other_driver_after"] = bind(other, VFIO_PCI)

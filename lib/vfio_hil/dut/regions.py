@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 from ..core import pci, sysfs, uapi
 from ..core.device import PCI_COMMAND, PCI_COMMAND_MASTER, Device
 from ..core.region import RegionInfo
-from .common import Transcript, open_device
+from .common import Transcript, open_device, skipped
 
 PAGE = mmap.PAGESIZE
 IORESOURCE_IO = 0x100
@@ -157,7 +157,7 @@ def msix_table(bdf: str) -> Dict[str, Any]:
     with open_device(bdf) as (_container, _group, device):
         cap = device.pci_config().find(pci.PCI_CAP_ID_MSIX)
         if cap is None:
-            return {"skip": f"{bdf} has no MSI-X capability"}
+            return skipped("capability", f"{bdf} has no MSI-X capability")
         bar, table_offset = cap.fields["table_bir"], cap.fields["table_offset"]
         region = device.region_info(bar)
         entry0 = region.offset + table_offset
@@ -205,7 +205,7 @@ def testdev_io_port(bdf: str) -> Dict[str, Any]:
     resources = sysfs_resources(bdf)[:NUM_BARS]
     io_bars = [i for i, r in enumerate(resources) if r["flags"] & IORESOURCE_IO]
     if not io_bars:
-        return {"skip": f"{bdf} has no I/O port BAR"}
+        return skipped("capability", f"{bdf} has no I/O port BAR")
     index = io_bars[0]
     with open_device(bdf) as (_container, _group, device), device.map_bar(index) as bar:
         bar.write8(TESTDEV_TEST, TESTDEV_NO_EVENTFD)

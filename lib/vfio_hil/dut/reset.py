@@ -27,7 +27,7 @@ from ..core.device import Device
 from ..core.drivers import EngineMemory, NvmeController
 from ..core.drivers.nvme import is_nvme
 from ..core.group import Group
-from .common import Transcript, open_device
+from .common import Transcript, open_device, skipped
 from .evidence import kmsg_cursor, kmsg_since
 
 PCI_DEVICES = "/sys/bus/pci/devices"
@@ -71,9 +71,9 @@ def nvme_reset(bdf: str, scratch: bool = False) -> Dict[str, Any]:
         container, _group, device = stack.enter_context(open_device(bdf))
         if not is_nvme(device):
             code = device.config_read(0x08, 4) >> 8
-            return {"skip": f"{bdf} is not an NVMe controller (class code {code:06x})"}
+            return skipped("capability", f"{bdf} is not an NVMe controller (class code {code:06x})")
         if not device.info().resettable:
-            return {"skip": f"{bdf} does not advertise VFIO_DEVICE_FLAGS_RESET"}
+            return skipped("capability", f"{bdf} does not advertise VFIO_DEVICE_FLAGS_RESET")
         memory = stack.enter_context(EngineMemory.of(container))
         start = time.monotonic()
         controller = stack.enter_context(NvmeController(device, memory, scratch=scratch))
@@ -255,7 +255,7 @@ def hot_reset_ownership(bdf: str) -> Dict[str, Any]:
             try:
                 groups[number] = stack.enter_context(Group(number))
             except OSError as exc:
-                return {**result, "skip": f"group {number} the reset reaches: {exc}"}
+                return {**result, **skipped("lab", f"group {number} the reset reaches: {exc}")}
         result["empty"] = _hot_reset(device, [], log, "no group")
         if len(needed) > 1:
             partial = [groups[n] for n in sorted(needed) if n != own.number]

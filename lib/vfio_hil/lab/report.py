@@ -4,6 +4,13 @@ A run writes ``reports/<run-id>/`` with ``results.json`` (``{"run": {...}, "resu
 ``junit.xml``, ``allure-results/`` and the Ansible artifacts, and points ``reports/latest`` at
 it. Verdicts: PASS, FAIL (the platform or device broke a guarantee), SKIP (not applicable, with
 a reason), ERROR (the harness or the lab broke).
+
+Every record has ``skip_kind``: None unless its verdict is SKIP, then why, as one of
+:data:`SKIP_KINDS` (so a certification profile can tell a device lacking a capability from a
+lab that did not provide what a check needs). ``run.plan`` is what applies to the run's
+inventory, whatever ``-k`` selected: the ID of every host check and of every device check of
+the catalogue, and per device under test (host, bdf, model, its model's capabilities) the ID
+of every device check it may run (:func:`check_plan`).
 """
 
 from __future__ import annotations
@@ -15,12 +22,48 @@ import os
 import secrets
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vfio_hil.core.perf import Figure
 from vfio_hil.lab.errors import ResultsFileError
 
+if TYPE_CHECKING:
+    from vfio_hil.lab.inventory import Inventory
+
 VERDICTS = ("PASS", "FAIL", "SKIP", "ERROR")
+
+#: The kind of a SKIP raised without one.
+UNCLASSIFIED = "unclassified"
+#: Why a check SKIPped: a SKIP record's ``skip_kind`` (a check names it with
+#: ``vfio_hil_pytest.skip(kind, reason)``).
+SKIP_KINDS = (
+    # The device or host lacks an optional hardware capability the check exercises: no
+    # hotplug-capable slot, its engine raises no INTx, no expansion ROM, no bus or slot reset,
+    # the IOMMU group has no other function, no MSI-X or too few vectors, MSI not maskable,
+    # the device's DMA engine lacks a capability the check needs, no device of the inventory
+    # has the capabilities the check needs.
+    "capability",
+    # The DUT's kernel does not offer the IOMMU backend the check runs under (iommufd: no
+    # /dev/iommu, or no VFIO device cdevs).
+    "backend",
+    # The DUT's kernel lacks an optional feature the check relies on: a VFIO extension or
+    # feature (VFIO_UNMAP_ALL, DMA_AVAIL, dma_entry_limit, ...), or a facility around it
+    # (2 MiB huge pages, a module such as uio_pci_generic or nvme, io_uring and libaio).
+    "kernel",
+    # Not applicable to this platform's architecture or firmware description (its IOMMUs are
+    # described by IORT/DT, or by no DMAR or IVRS table, ...).
+    "platform",
+    # Not run because another check's finding covers it; the reason names that check
+    # ("(PLAT-001)", "(PLAT-002)").
+    "covered",
+    # The lab or inventory did not provide what the check needs: not a virtual host (so no
+    # QMP), no second VFIO group or DMA-capable device to try, no DMA-engine driver of the
+    # library for the device, no fio on the DUT, too little memory for a huge page, a device
+    # not present or not bound to vfio-pci, ...
+    "lab",
+    # A SKIP raised without a kind (a plain ``pytest.skip``).
+    UNCLASSIFIED,
+)
 
 
 def new_run_id() -> str:
@@ -40,6 +83,40 @@ def prepare_run_dir(reports: Path, run_id: str) -> Path:
     tmp.symlink_to(run_id)
     os.replace(tmp, latest)
     return run_dir
+
+
+def check_plan(inventory: Inventory, catalogue: list[dict[str, Any]]) -> dict[str, Any]:
+    """What applies to the hosts and devices of ``inventory``: ``run.plan`` of results.json.
+
+    ``catalogue`` is the check catalogue (``vfio_hil_pytest.catalogue.load_catalogue()``:
+    each check's ``id``, ``scope`` and ``needs``, which are ``[scope]`` for a check that
+    declares none). Returns ``host_checks``, the ID of every host check (each runs on every
+    host); ``device_checks``, the ID of every device check of the catalogue; and
+    ``devices``, by host then bdf, each device's ``host``, ``bdf``, ``model``, the sorted
+    ``capabilities`` of its model and its ``checks``: the ID of every device check whose
+    needs it may have (:meth:`DutDevice.may_have <vfio_hil.lab.inventory.DutDevice.may_have>`,
+    the rule by which a run parametrizes checks over devices). IDs are in catalogue order.
+    Independent of which checks a run selected."""
+    device_checks = [
+        (c["id"], set() if c["needs"] == [c["scope"]] else set(c["needs"]))
+        for c in catalogue
+        if c["scope"] == "device"
+    ]
+    devices = sorted(inventory.devices(), key=lambda d: (d.host, d.bdf))
+    return {
+        "host_checks": [c["id"] for c in catalogue if c["scope"] == "host"],
+        "device_checks": [check_id for check_id, _ in device_checks],
+        "devices": [
+            {
+                "host": d.host,
+                "bdf": d.bdf,
+                "model": d.model,
+                "capabilities": sorted(d.capabilities),
+                "checks": [check_id for check_id, needs in device_checks if d.may_have(needs)],
+            }
+            for d in devices
+        ],
+    }
 
 
 def write_results(run_dir: Path, run: dict[str, Any], results: list[dict[str, Any]]) -> Path:

@@ -26,7 +26,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vfio_hil.dut.iommu_state import IommuState, VfioDomain
 from vfio_hil.lab.ansible.library.vfio_hil_facts import cpu_model
@@ -42,6 +42,16 @@ from vfio_hil.lab.report import new_run_id
 PANIC_RE = re.compile(r"Kernel panic|Oops|BUG: |general protection fault|Call Trace:")
 #: Console lines kept in a lost host's reason.
 CONSOLE_TAIL = 3
+
+
+class Unusable(NamedTuple):
+    """Why VFIO cannot drive a device at all: the ``reason`` its checks SKIP with, and the
+    ``kind`` of that SKIP (``vfio_hil.lab.report.SKIP_KINDS``): ``covered`` where a platform
+    check reports the cause (the reason names it), ``lab`` where the lab did not set the
+    device up (not present, not on vfio-pci)."""
+
+    kind: str
+    reason: str
 
 
 class HostLostError(ChannelError):
@@ -108,7 +118,7 @@ class HostSession:
         if self.marker is not None:
             self.marker(self.name)
 
-    def vfio_unusable(self, bdf: str) -> str | None:
+    def vfio_unusable(self, bdf: str) -> Unusable | None:
         """Why VFIO cannot drive ``bdf`` on this platform at all, or None when it can.
 
         Covers what platform checks report (no IOMMU, no IOMMU group, interrupt remapping
@@ -117,25 +127,30 @@ class HostSession:
         with ``iommu=pt`` those are identity, and VFIO still isolates.
         """
         if self.platform.get("iommu", {}).get("kind") == "none":
-            return f"no IOMMU on {self.name} (PLAT-001)"
+            return Unusable("covered", f"no IOMMU on {self.name} (PLAT-001)")
         facts = self.platform.get("devices", {}).get(bdf)
         if facts is None:
-            return f"{bdf} is not present on {self.name}"
+            return Unusable("lab", f"{bdf} is not present on {self.name}")
         if facts.get("iommu_group") is None:
-            return f"{bdf} is in no IOMMU group: no working IOMMU on {self.name} (PLAT-001)"
+            return Unusable(
+                "covered", f"{bdf} is in no IOMMU group: no working IOMMU on {self.name} (PLAT-001)"
+            )
         if facts.get("driver") != "vfio-pci":
-            return f"{bdf} is not bound to vfio-pci (driver: {facts.get('driver')})"
+            return Unusable(
+                "lab", f"{bdf} is not bound to vfio-pci (driver: {facts.get('driver')})"
+            )
         domain = self.vfio_domain(bdf)
         refusal = domain.refusal or {}
         # type1 refuses an IOMMU without interrupt remapping unless unsafe interrupts are
         # allowed: that is PLAT-002's finding. Any other refusal is the check's own.
         if refusal.get("ioctl") == "VFIO_SET_IOMMU" and refusal.get("errno") == 1:
-            return (
+            return Unusable(
+                "covered",
                 f"VFIO_SET_IOMMU refused with EPERM on {self.name}: no interrupt "
-                "remapping and unsafe interrupts not allowed (PLAT-002)"
+                "remapping and unsafe interrupts not allowed (PLAT-002)",
             )
         if refusal.get("noiommu"):
-            return f"{bdf} is in a no-IOMMU group on {self.name} (PLAT-001)"
+            return Unusable("covered", f"{bdf} is in a no-IOMMU group on {self.name} (PLAT-001)")
         return None
 
     def vfio_domain(self, bdf: str) -> VfioDomain:

@@ -220,5 +220,6 @@ def test_hugepages_untouched_when_enough_are_free(pool: FakePool) -> None:
 def test_hugepages_reports_a_pool_that_cannot_be_filled(pool: FakePool) -> None:
     pool.fill = 0
     with mapping.hugepages(2) as unavailable:
-        assert unavailable is not None and "could not be filled" in unavailable
+        assert unavailable is not None and "could not be filled" in unavailable["skip"]
+        assert unavailable["skip_kind"] == "lab"
     assert pool.writes == ["2", "0"]

@@ -285,7 +285,7 @@ def host(monkeypatch: pytest.MonkeyPatch) -> FakeHost:
 def test_a_run(host: FakeHost) -> None:
     result = kernel_io.fio_run(BDF, seconds=1.0)
 
-    assert result["available"] and result["why_not"] is None
+    assert result["available"] and result["why_not"] is None and result["why_not_kind"] is None
     assert (result["driver"], result["block_device"]) == ("nvme", "/dev/nvme0n1")
     assert (result["fio_version"], result["ioengine"]) == ("fio-3.33", "io_uring")
     assert result["command"][:3] == [FIO, "--name=kernel-io", "--filename=/dev/nvme0n1"]
@@ -311,6 +311,7 @@ def test_fio_not_installed(host: FakeHost, monkeypatch: pytest.MonkeyPatch) -> N
 
     assert not result["available"]
     assert result["why_not"] == "fio is not installed on the DUT: install Debian package fio"
+    assert result["why_not_kind"] == "lab"
     assert host.events == []
 
 
@@ -322,6 +323,7 @@ def test_nvme_driver_missing(host: FakeHost) -> None:
     assert result["why_not"] == (
         "the nvme driver is not available: modprobe nvme failed: Module nvme not found"
     )
+    assert result["why_not_kind"] == "kernel"
     assert host.events == [] and result["fio_version"] == "fio-3.33"
 
 
@@ -331,6 +333,7 @@ def test_nvme_driver_refuses_the_device(host: FakeHost) -> None:
     result = kernel_io.fio_run(BDF)
 
     assert result["why_not"] == f"the nvme driver did not bind {BDF} (left on no driver)"
+    assert result["why_not_kind"] == "kernel"
     assert host.events == ["bind nvme", "restore"] and host.driver == "vfio-pci"
 
 
@@ -342,6 +345,7 @@ def test_no_namespace(host: FakeHost) -> None:
     assert result["why_not"] == (
         f"no namespace block device of {BDF} appeared within 7 s on the nvme driver"
     )
+    assert result["why_not_kind"] == "capability"
     assert host.events == ["bind nvme", "restore"]
 
 
@@ -366,6 +370,7 @@ def test_both_ioengines_refused(host: FakeHost) -> None:
     assert not result["available"] and result["measurement"] is None
     assert result["why_not"].startswith("io_uring and libaio both unavailable: io_uring: fio:")
     assert "engines/libaio.c:485, func=io_queue_init" in result["why_not"]
+    assert result["why_not_kind"] == "kernel"
     assert host.driver == "vfio-pci"
 
 

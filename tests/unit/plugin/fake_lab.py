@@ -56,6 +56,7 @@ class FakeChannel:
                 "page_sizes": 0x40201000, "mapped": True,
             },
             "engines.describe": {"engine": "nvme", "capabilities": [], "identity": IDENTITY},
+            "engines.backends": {"type1": "", "type1v2": "", "iommufd": "no /dev/iommu"},
         }
         return answers[func]
 
