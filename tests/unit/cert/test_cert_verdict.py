@@ -159,5 +159,41 @@ def test_the_scope_limits_the_devices_to_the_hosts_asked_for() -> None:
     doc = document(passing())
     assert certify(doc, profile()).scope == ["vdut0"]
     assert len(certify(doc, profile(), hosts=["vdut0"]).devices) == 2
-    with pytest.raises(CertError, match="has no host vdut9 .its hosts: vdut0."):
+    with pytest.raises(CertError, match=r"has no host vdut9 \(its hosts: vdut0\)"):
         certify(doc, profile(), hosts=["vdut9"])
+
+
+def test_vfio_cert_1_over_the_default_labs_plan() -> None:
+    """The shipped profile, the default virtual lab's real plan: every applicable check
+    PASSing, with every figure the profile reports, is CERTIFIED; one MUST check SKIPped
+    because the lab lacked something is INCOMPLETE."""
+    from vfio_hil.cert.profile import load_profile
+    from vfio_hil.lab.inventory import DEFAULT_INVENTORY, load_inventory
+    from vfio_hil.lab.report import check_plan
+    from vfio_hil_pytest.catalogue import load_catalogue
+
+    plan = check_plan(load_inventory(DEFAULT_INVENTORY), load_catalogue())
+    cert_1 = load_profile("vfio-cert-1")
+    figures = [
+        {"name": p.replace("*", "x"), "value": 1.0, "unit": "u",
+         "higher_is_better": True}
+        for rule in cert_1.checks.values() for p in rule.figures
+    ]  # fmt: skip
+    records = []
+    for host in {d["host"] for d in plan["devices"]}:
+        records += [rec(c, host=host) for c in plan["host_checks"]]
+    for d in plan["devices"]:
+        for c in d["checks"]:
+            r = rec(c, bdf=None, host=d["host"], figures=figures if c.startswith("PERF") else ())
+            r["device"] = {"bdf": d["bdf"], "model": d["model"]}
+            records.append(r)
+    cert = certify(document(records, plan), cert_1)
+    assert cert.verdict == CERTIFIED, [d.reasons for d in cert.devices]
+    assert len(cert.devices) == len(plan["devices"])
+    usr = next(r for r in records if r["check_id"] == "USR-003")
+    usr.update(verdict="SKIP", skip_kind="lab", reason="no second VFIO group on vdut0 to try")
+    cert = certify(document(records, plan), cert_1)
+    assert cert.verdict == INCOMPLETE
+    assert all(d.reasons == [f"USR-003 incomplete on {d.host}/{d.bdf}: SKIP for a reason "
+                             "vfio-cert-1 does not allow (lab): no second VFIO group on vdut0 "
+                             "to try"] for d in cert.devices)  # fmt: skip
