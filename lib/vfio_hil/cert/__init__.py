@@ -1,0 +1,1 @@
+"""Vendor certification: profiles, verdicts, signed bundles."""
