@@ -9,13 +9,16 @@ ALLURE_DIR := tools/allure
 ALLURE_STAMP := $(ALLURE_DIR)/node_modules/.installed
 # Debian packages the virtual rack needs on the controller. The guests boot the controller's
 # own filesystem, so their sshd, python3-cffi and fio (the kernel-driver side of the PERF
-# near-native ratio) come from here too.
+# near-native ratio) come from here too. WeasyPrint prints the certification report's PDF
+# with Pango and a font.
 DEB_PACKAGES := qemu-system-x86 busybox-static openssh-client openssh-server kmod \
-	python3-cffi iproute2 pciutils fio
+	python3-cffi iproute2 pciutils fio \
+	libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
 # Debian packages only the project's own tests need: the results store's tests start a
 # PostgreSQL server of their own (initdb + pg_ctl) and open the dashboard in headless
-# Chromium, so `make run` does not need them.
-TEST_DEB_PACKAGES := postgresql chromium
+# Chromium; the certification report's tests look at its PDF through poppler (pdftoppm,
+# pdftotext, pdfinfo). `make run` does not need them.
+TEST_DEB_PACKAGES := postgresql chromium poppler-utils
 
 .PHONY: run test unit e2e lint deps test-deps system-deps test-system-deps rack-up rack-down clean
 

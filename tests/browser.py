@@ -103,11 +103,17 @@ class _Tree(HTMLParser):
         self.stack[-1].children.append(Element("#text", {}, text=data))
 
 
+def parse_html(html: str) -> Element:
+    """The tree of the HTML text ``html`` (as written, no script run)."""
+    tree = _Tree()
+    tree.feed(html)
+    tree.close()
+    return tree.root
+
+
 def rendered_dom(page: Path) -> Element:
     """The DOM Chromium rendered from ``page`` (after any script ran), as a tree."""
-    tree = _Tree()
-    tree.feed(_chromium(["--dump-dom", page.resolve().as_uri()]).stdout)
-    return tree.root
+    return parse_html(_chromium(["--dump-dom", page.resolve().as_uri()]).stdout)
 
 
 def screenshot(page: Path, png: Path, width: int = 1400, height: int = 1000) -> Path:

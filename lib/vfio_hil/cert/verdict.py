@@ -209,7 +209,8 @@ def _certify_device(
     host_checks = applicable - set(entry["checks"])
     outcomes: list[CheckOutcome] = []
     figures: list[dict[str, Any]] = []
-    for check_id, rule in profile.checks.items():
+    for check_id in sorted(profile.checks, key=check_order):
+        rule = profile.checks[check_id]
         if known and check_id not in known:
             outcomes.append(
                 CheckOutcome(check_id, "", rule.require, "incomplete", [], "not in the run's "
@@ -256,6 +257,12 @@ def _certify_device(
         checks=outcomes,
         figures=figures,
     )
+
+
+def check_order(check_id: str) -> tuple[str, int]:
+    """Catalogue order: by area, then by number (``DMA-002`` before ``DMA-010``)."""
+    area, _, number = check_id.partition("-")
+    return area, int(number)
 
 
 def _variant_order(record: Record) -> tuple[str, str, str]:

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import jinja2
-
 import vfio_hil
 from vfio_hil.lab.baseline import (
     DEFAULT_TOLERANCES,
@@ -42,6 +40,7 @@ from vfio_hil.results.store import (
     RunInfo,
     StoredResult,
 )
+from vfio_hil.static_pages import svg_figure, template_env, utc_text
 
 TEMPLATES = Path(__file__).with_name("templates")
 #: How many of a platform's runs its page shows (history strips and trends).
@@ -170,13 +169,7 @@ def build_dashboard(
     charts.mkdir(exist_ok=True)
     for old in [*charts.glob("*.svg"), *out.glob("platform-*.html")]:
         old.unlink()
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = template_env(TEMPLATES)
     common = {
         "version": vfio_hil.__version__,
         "store": store.url,
@@ -237,16 +230,12 @@ def _run_row(run: RunInfo, out: Path) -> RunRow:
     links = [
         (name, _href(folder / rel, out)) for name, rel in RUN_LINKS if (folder / rel).is_file()
     ]
-    return RunRow(run.id, _when(run.started), run.exit_status, run.hosts, links)
+    return RunRow(run.id, utc_text(run.started), run.exit_status, run.hosts, links)
 
 
 def _href(target: Path, out: Path) -> str:
     """A link from a page in ``out`` to ``target``: relative, so a copied tree still works."""
     return Path(os.path.relpath(target.resolve(), out.resolve())).as_posix()
-
-
-def _when(stamp: dt.datetime) -> str:
-    return stamp.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _change_rows(comparison: Comparison) -> list[ChangeRow]:
@@ -394,14 +383,7 @@ def _draw(
 ) -> None:
     """Draw one figure's trend to an SVG file: the measured values by run, the baseline's
     value with its tolerance band, and the trailing median."""
-    # Imported when drawn: matplotlib costs half a second; Agg draws to files only.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    fig, ax = pyplot.subplots(figsize=(5.6, 2.6))
-    try:
+    with svg_figure(path, (5.6, 2.6)) as ax:
         if baseline is not None and baseline.tolerance is not None:
             low = baseline.value * (1 - baseline.tolerance)
             high = baseline.value * (1 + baseline.tolerance)
@@ -422,7 +404,3 @@ def _draw(
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        fig.savefig(path, format="svg", metadata={"Date": None})
-    finally:
-        pyplot.close(fig)
