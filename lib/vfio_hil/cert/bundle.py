@@ -197,7 +197,7 @@ def write_archive(folder: Path, archive: Path) -> None:
     with no owner, mode or time of this machine in it (the same bundle, the same bytes)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in [*_files(folder), ENVELOPE]:
+        for name in sorted([*_files(folder), MANIFEST, ENVELOPE]):
             data = (folder / name).read_bytes()
             info = tarfile.TarInfo(f"{folder.name}/{name}")
             info.size, info.mode, info.mtime = len(data), 0o644, 0
