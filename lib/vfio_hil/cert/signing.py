@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,7 @@ def key_id(public: Ed25519PublicKey) -> str:
 
 def load_private(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 private key in the PEM file ``path``; CertError naming what is wrong."""
-    try:
-        key = serialization.load_pem_private_key(_read(path), password=None)
-    except TypeError:
-        raise CertError(f"{path}: the key is encrypted; give an unencrypted PEM key") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise CertError(f"{path}: not a PEM private key") from None
+    key = _load(path, "private", lambda data: serialization.load_pem_private_key(data, None))
     if not isinstance(key, Ed25519PrivateKey):
         raise CertError(f"{path}: not an Ed25519 key ({type(key).__name__})")
     return key
@@ -70,20 +66,24 @@ def load_private(path: Path) -> Ed25519PrivateKey:
 
 def load_public(path: Path) -> Ed25519PublicKey:
     """The Ed25519 public key in the PEM file ``path``; CertError naming what is wrong."""
-    try:
-        key = serialization.load_pem_public_key(_read(path))
-    except (ValueError, UnsupportedAlgorithm):
-        raise CertError(f"{path}: not a PEM public key") from None
+    key = _load(path, "public", serialization.load_pem_public_key)
     if not isinstance(key, Ed25519PublicKey):
         raise CertError(f"{path}: not an Ed25519 public key ({type(key).__name__})")
     return key
 
 
-def _read(path: Path) -> bytes:
+def _load(path: Path, kind: str, loader: Callable[[bytes], Any]) -> Any:
+    """The key ``loader`` reads from the PEM file ``path``."""
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
         raise CertError(f"cannot read key {path}: {exc.strerror}") from None
+    try:
+        return loader(data)
+    except TypeError:
+        raise CertError(f"{path}: the key is encrypted; give an unencrypted PEM key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise CertError(f"{path}: not a PEM {kind} key") from None
 
 
 def sign(statement: bytes, key: Ed25519PrivateKey) -> dict[str, Any]:

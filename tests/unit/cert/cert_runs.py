@@ -8,18 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from sample_platform import PLATFORM as SAMPLE_PLATFORM
+
 from vfio_hil.cert.profile import Profile, profile_from_data
 
 PLATFORM = {
-    "iommu": "intel",
-    "iommu_mode": "DMA-FQ",
-    "interrupt_remapping": True,
-    "kernel_release": "6.1.0-28-amd64",
-    "qemu_version": "7.2.22",
-    "accel": "tcg",
-    "firmware": {"vendor": "SeaBIOS", "version": "1.16.2", "date": "04/01/2014"},
-    "cpu_model": "QEMU TCG CPU version 2.5+",
-    "vm_host_cpu_model": "Intel(R) Xeon(R) Processor",
+    **SAMPLE_PLATFORM,
     "acpi_iommu_tables": {"DMAR": {"sha256": "ab" * 32, "length": 176}},
 }
 EDU, NVME = "0000:00:04.0", "0000:00:06.0"

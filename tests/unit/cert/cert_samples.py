@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from sample_platform import PLATFORM as SAMPLE_PLATFORM
+
 PLATFORM_ID = "3f2a9c1b7d10"
 NVME = "0000:00:06.0"
 EDU = "0000:00:09.0"
@@ -21,15 +23,7 @@ ISO_002_REASON = (
 )
 
 PLATFORM = {
-    "iommu": "intel",
-    "iommu_mode": "DMA-FQ",
-    "interrupt_remapping": True,
-    "kernel_release": "6.1.0-28-amd64",
-    "qemu_version": "7.2.22",
-    "accel": "tcg",
-    "firmware": {"vendor": "SeaBIOS", "version": "1.16.2", "date": "04/01/2014"},
-    "cpu_model": "QEMU TCG CPU version 2.5+",
-    "vm_host_cpu_model": "Intel(R) Xeon(R) Processor",
+    **SAMPLE_PLATFORM,
     "acpi_iommu_tables": {
         "DMAR": {
             "sha256": "9b1d4c0e5f3a2b7c8d6e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c",

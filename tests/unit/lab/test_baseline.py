@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sample_platform import PLATFORM
 
 from vfio_hil.core.perf import Figure
 from vfio_hil.lab.baseline import (
@@ -25,17 +26,6 @@ from vfio_hil.lab.baseline import (
 from vfio_hil.lab.cli import main
 from vfio_hil.lab.errors import BaselineError
 
-PLATFORM = {
-    "iommu": "intel",
-    "iommu_mode": "DMA-FQ",
-    "interrupt_remapping": True,
-    "kernel_release": "6.1.0-28-amd64",
-    "qemu_version": "7.2.22",
-    "accel": "tcg",
-    "firmware": {"vendor": "SeaBIOS", "version": "1.16.2", "date": "04/01/2014"},
-    "cpu_model": "QEMU Virtual CPU version 2.5+",
-    "vm_host_cpu_model": "Intel(R) Xeon(R) Processor",
-}
 PLATFORM_ID = platform_key(PLATFORM)[0]
 
 

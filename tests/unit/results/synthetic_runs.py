@@ -9,17 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-PLATFORM = {
-    "iommu": "intel",
-    "iommu_mode": "DMA-FQ",
-    "interrupt_remapping": True,
-    "kernel_release": "6.1.0-28-amd64",
-    "qemu_version": "7.2.22",
-    "accel": "tcg",
-    "firmware": {"vendor": "SeaBIOS", "version": "1.16.2", "date": "04/01/2014"},
-    "cpu_model": "QEMU TCG CPU version 2.5+",
-    "vm_host_cpu_model": "Intel(R) Xeon(R) Processor",
-}
+from sample_platform import PLATFORM
+
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
 
