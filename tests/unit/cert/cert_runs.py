@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from sample_platform import PLATFORM as SAMPLE_PLATFORM
+from sample_records import PLATFORM as SAMPLE_PLATFORM
+from sample_records import record
 
 from vfio_hil.cert.profile import Profile, profile_from_data
 
@@ -75,25 +76,17 @@ def rec(
     reason: str = "",
     figures: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """A result record as the plugin writes it (``bdf`` None: a host check)."""
-    return {
-        "check_id": check_id,
-        "title": f"title of {check_id}",
-        "level": "MUST",
-        "spec": "s",
-        "verdict": verdict,
-        "reason": reason or ("" if verdict == "PASS" else f"{check_id} said {verdict}"),
-        "skip_kind": (skip_kind or "capability") if verdict == "SKIP" else None,
-        "host": host,
-        "device": {"bdf": bdf, **IDENTITY[bdf]} if bdf else None,
-        "platform": PLATFORM,
-        "duration_s": 0.1,
-        "evidence": f"evidence/{check_id}_{host}_{(bdf or '').replace(':', '_')}.json",
-        "figures": list(figures),
-        "nodeid": f"test_x.py::t[{host}/{bdf}]",
-        "backend": backend,
-        "hotplug_way": None,
-    }
+    """A result record (``bdf`` None: a host check) with its skip kind, the device's identity
+    and an evidence file of its own."""
+    made = record(check_id, verdict, host=host, bdf=bdf, variant=backend or "",
+                  platform=PLATFORM, reason=reason)  # fmt: skip
+    made.update(
+        skip_kind=(skip_kind or "capability") if verdict == "SKIP" else None,
+        device={"bdf": bdf, **IDENTITY[bdf]} if bdf else None,
+        evidence=f"evidence/{check_id}_{host}_{(bdf or '').replace(':', '_')}.json",
+        figures=list(figures),
+    )
+    return made
 
 
 def passing() -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sample_platform import PLATFORM as SAMPLE_PLATFORM
+from sample_records import PLATFORM as SAMPLE_PLATFORM
 
 PLATFORM_ID = "3f2a9c1b7d10"
 NVME = "0000:00:06.0"

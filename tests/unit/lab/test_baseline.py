@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sample_platform import PLATFORM
+from sample_records import PLATFORM
 
 from vfio_hil.core.perf import Figure
 from vfio_hil.lab.baseline import (

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from browser import Element, chromium, rendered_dom, screenshot
 from matplotlib import image
-from synthetic_runs import PLATFORM, record, write_runs
+from sample_records import PLATFORM, record
+from synthetic_runs import write_runs
 
 from vfio_hil.lab import cli
 from vfio_hil.lab.baseline import platform_key

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from kcidb_io import schema
-from synthetic_runs import record, write_runs
+from sample_records import record
+from synthetic_runs import write_runs
 
 from vfio_hil.lab.cli import main, record_run, run_status
 from vfio_hil.results.store import ENV_STORE

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synthetic_runs import PLATFORM, record, write_runs
+from sample_records import PLATFORM, record
+from synthetic_runs import write_runs
 
 from vfio_hil.lab.baseline import BaselineStore, platform_key, save_baselines
 from vfio_hil.lab.errors import StoreError

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from kcidb_io import schema
-from synthetic_runs import PLATFORM, record, write_runs
+from sample_records import PLATFORM, record
+from synthetic_runs import write_runs
 
 from vfio_hil.lab.baseline import platform_key
 from vfio_hil.lab.errors import ExportError, StoreError

@@ -9,7 +9,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from synthetic_runs import PLATFORM, record, write_run, write_runs
+from sample_records import PLATFORM, record
+from synthetic_runs import write_run, write_runs
 
 from vfio_hil.core.perf import Figure
 from vfio_hil.lab.baseline import platform_key
