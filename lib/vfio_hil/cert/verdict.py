@@ -288,7 +288,9 @@ def judge(
         allowed = allowed | set(profile.variant_may_skip)
     refused = [r for r in by["SKIP"] if r.get("skip_kind") not in allowed]
     if refused:
-        r = refused[0]
+        # The telling one: a backend the kernel lacks says less about why the check could not
+        # run than what its other variants lacked.
+        r = min(refused, key=lambda s: s.get("skip_kind") == "backend")
         return "incomplete", (
             f"SKIP for a reason {profile.profile} does not allow "
             f"({r.get('skip_kind') or 'no kind'}): {_why(r, variants)}"

@@ -197,3 +197,13 @@ def test_vfio_cert_1_over_the_default_labs_plan() -> None:
     assert all(d.reasons == [f"USR-003 incomplete on {d.host}/{d.bdf}: SKIP for a reason "
                              "vfio-cert-1 does not allow (lab): no second VFIO group on vdut0 "
                              "to try"] for d in cert.devices)  # fmt: skip
+
+
+def test_the_note_of_a_check_no_variant_ran_names_what_the_lab_lacked() -> None:
+    records = _replace(passing(), "ISO-001", EDU, [
+        rec("ISO-001", "SKIP", bdf=EDU, backend="iommufd", skip_kind="backend"),
+        rec("ISO-001", "SKIP", bdf=EDU, backend="type1v2", skip_kind="lab",
+            reason="no second DMA-capable device")])  # fmt: skip
+    outcome = _outcome(certify(document(records), profile()), EDU, "ISO-001")
+    assert outcome.outcome == "incomplete"
+    assert outcome.note.endswith("(lab): [type1v2] no second DMA-capable device")
