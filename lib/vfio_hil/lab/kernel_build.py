@@ -12,10 +12,11 @@ whose dependencies are missing.
 The result sits in the kernel cache beside the downloaded kernels, in the same layout
 (``boot/vmlinuz-<release>``, ``lib/modules/<release>``) and with the same initramfs, so the
 rack boots it exactly like a downloaded one. Its folder is named after a key of the build's
-inputs (the source package and version, the fragment's content, :data:`RECIPE_VERSION`): a
-change of the fragment or of the recipe builds anew, and a second call does no apt work and no
-compile. The version is the one the archive offered at the first build; remove the kernel's
-record (``<cache>/build_linux-source-<version>.json``) to take a newer one.
+inputs (the source package and version, the fragment's options, :data:`RECIPE_VERSION`): a
+change of an option or of the recipe builds anew (a comment does not), and a second call does
+no apt work and no compile. The version is the one the archive offered at the first build;
+remove the kernel's record (``<cache>/build_linux-source-<version>.json``) to take a newer
+one.
 """
 
 from __future__ import annotations
@@ -115,13 +116,14 @@ def dropped_options(fragment: str, config: str) -> list[str]:
     ]
 
 
-def build_key(source: str, version: str, fragment: bytes, recipe: int = RECIPE_VERSION) -> str:
-    """A short digest of a build's inputs; the build's cache folder is named after it."""
+def build_key(source: str, version: str, fragment: str, recipe: int = RECIPE_VERSION) -> str:
+    """A short digest of a build's inputs (of the fragment, its options only); the build's
+    cache folder is named after it."""
     inputs = json.dumps(
         {
             "source": source,
             "version": version,
-            "fragment": hashlib.sha256(fragment).hexdigest(),
+            "fragment": config_options(fragment),
             "recipe": recipe,
             "base": BASE_CONFIGS,
             "localversion": LOCALVERSION,
@@ -247,7 +249,7 @@ class KernelBuilder:
         spec = parse_build_spec(text)
         if spec is None:
             raise RackError(f"{text!r} is not a kernel to build (build:linux-source-<version>)")
-        fragment = FRAGMENT.read_bytes()
+        fragment = FRAGMENT.read_text()
         record = self.cache.record_path(text)
         image = self._built(record, spec, fragment)
         if image:
@@ -262,10 +264,10 @@ class KernelBuilder:
             self.steps.check_packages()
             suite, version = self.steps.locate(spec)
             key = build_key(spec.source, version, fragment)
-            rec = self._build(spec.source, suite, version, key, fragment.decode())
+            rec = self._build(spec.source, suite, version, key, fragment)
             return self.cache.prepare(record, rec)
 
-    def _built(self, record: Path, spec: BuildSpec, fragment: bytes) -> KernelImage | None:
+    def _built(self, record: Path, spec: BuildSpec, fragment: str) -> KernelImage | None:
         """The kernel ``record`` describes, if it was built from today's inputs."""
         recorded = _read_record(record)
         version = recorded.get("source_version", "")

@@ -30,15 +30,20 @@ SPEC = "build:linux-source-6.12"
 
 
 def test_key_changes_with_each_input_and_not_otherwise() -> None:
-    base = build_key("linux-source-6.12", VERSION, b"CONFIG_VFIO=m\n", recipe=1)
-    assert build_key("linux-source-6.12", VERSION, b"CONFIG_VFIO=m\n", recipe=1) == base
-    changed = [
-        build_key("linux-source-6.13", VERSION, b"CONFIG_VFIO=m\n", recipe=1),
-        build_key("linux-source-6.12", "6.12.96-1", b"CONFIG_VFIO=m\n", recipe=1),
-        build_key("linux-source-6.12", VERSION, b"CONFIG_VFIO=y\n", recipe=1),
-        build_key("linux-source-6.12", VERSION, b"CONFIG_VFIO=m\n", recipe=2),
+    base = build_key("linux-source-6.12", VERSION, "CONFIG_VFIO=m\n", recipe=1)
+    unchanged = [
+        build_key("linux-source-6.12", VERSION, "CONFIG_VFIO=m\n", recipe=1),
+        build_key("linux-source-6.12", VERSION, "# VFIO, as modules\n\nCONFIG_VFIO=m\n", recipe=1),
     ]
-    assert len({base, *changed}) == 5
+    assert set(unchanged) == {base}
+    changed = [
+        build_key("linux-source-6.13", VERSION, "CONFIG_VFIO=m\n", recipe=1),
+        build_key("linux-source-6.12", "6.12.96-1", "CONFIG_VFIO=m\n", recipe=1),
+        build_key("linux-source-6.12", VERSION, "CONFIG_VFIO=y\n", recipe=1),
+        build_key("linux-source-6.12", VERSION, "# CONFIG_VFIO is not set\n", recipe=1),
+        build_key("linux-source-6.12", VERSION, "CONFIG_VFIO=m\n", recipe=2),
+    ]
+    assert len({base, *changed}) == 6
 
 
 def test_fragment_check_names_dropped_options() -> None:
