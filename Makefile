@@ -10,10 +10,13 @@ ALLURE_STAMP := $(ALLURE_DIR)/node_modules/.installed
 # Debian packages the virtual rack needs on the controller. The guests boot the controller's
 # own filesystem, so their sshd, python3-cffi and fio (the kernel-driver side of the PERF
 # near-native ratio) come from here too. WeasyPrint prints the certification report's PDF
-# with Pango and a font.
+# with Pango and a font. A rack kernel built from Debian's kernel source
+# (`vm_kernel: build:linux-source-6.12`) needs a compiler and the kernel's build tools
+# (vfio_hil.lab.kernel_build.BUILD_PACKAGES).
 DEB_PACKAGES := qemu-system-x86 busybox-static openssh-client openssh-server kmod \
 	python3-cffi iproute2 pciutils fio \
-	libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
+	libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core \
+	bc bison flex gcc make libc6-dev libelf-dev libssl-dev xz-utils
 # Debian packages only the project's own tests need: the results store's tests start a
 # PostgreSQL server of their own (initdb + pg_ctl) and open the dashboard in headless
 # Chromium; the certification report's tests look at its PDF through poppler (pdftoppm,

@@ -33,6 +33,7 @@ from pydantic import (
 
 from vfio_hil.lab import CHECKOUT
 from vfio_hil.lab.errors import InventoryError
+from vfio_hil.lab.kernel_build import parse_build_spec
 
 DEFAULT_INVENTORY = CHECKOUT / "inventory" / "virtual.yml"
 
@@ -364,6 +365,12 @@ class HostVars(BaseModel):
     vfio_devices: list[RealDeviceVars] = Field(default_factory=list)
     vfio_hil_install_packages: bool = False
     vfio_hil_ssh_config: Annotated[str, Field(min_length=1)] = "~/.ssh/config"
+
+    @field_validator("vm_kernel")
+    @classmethod
+    def _kernel(cls, kernel: str) -> str:
+        parse_build_spec(kernel)
+        return kernel
 
     @field_validator("vm_iommu")
     @classmethod

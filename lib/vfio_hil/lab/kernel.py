@@ -15,6 +15,9 @@ Debian ships a kernel in one of two layouts, both handled alike:
 
 The packages of a kernel are the ``linux-image-<flavour>`` package and every package named
 ``linux-*-<flavour>`` it depends on, directly or not; they are unpacked into one folder.
+
+Kernels the rack builds from Debian's kernel source (:mod:`vfio_hil.lab.kernel_build`) are
+installed in the same layout and prepared by the same :meth:`KernelCache.prepare`.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ class KernelImage:
     initrd: Path
 
 
-def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
+def run_tool(cmd: list[str], what: str, cwd: Path | None = None) -> str:
+    """The output of ``cmd``; RackError naming ``what`` and the command's last line when it
+    fails, or naming the tool when it is not installed."""
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
@@ -64,8 +69,9 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def _query(cmd: list[str]) -> str:
-    """The output of a read-only apt query, or ``""`` where it fails (an unknown package)."""
+def query_tool(cmd: list[str]) -> str:
+    """The output of a read-only query (apt-cache, dpkg-query), or ``""`` where it fails (an
+    unknown package)."""
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     return proc.stdout if proc.returncode == 0 else ""
 
@@ -81,14 +87,29 @@ class KernelCache:
     def get(self, package: str) -> KernelImage:
         """The kernel for ``package`` (a Debian package name, optionally ``name/release``),
         downloading and preparing it on first use."""
-        record = self.root / (re.sub(r"[^A-Za-z0-9.+-]", "_", package) + ".json")
-        if record.is_file():
-            image = self._image(json.loads(record.read_text()))
-            if image.initrd.is_file() and image.vmlinuz.is_file():
-                return image
+        record = self.record_path(package)
+        image = self.cached(record)
+        if image:
+            return image
         name, _, release = package.partition("/")
         concrete = self._resolve(name, release)
         rec = self._unpack(concrete, self._packages(concrete, release), release)
+        return self.prepare(record, rec)
+
+    def record_path(self, name: str) -> Path:
+        """Where the cache record of the kernel called ``name`` is kept."""
+        return self.root / (re.sub(r"[^A-Za-z0-9.+-]", "_", name) + ".json")
+
+    def cached(self, record: Path) -> KernelImage | None:
+        """The kernel ``record`` describes, if its vmlinuz and initramfs are there."""
+        if not record.is_file():
+            return None
+        image = self._image(json.loads(record.read_text()))
+        return image if image.initrd.is_file() and image.vmlinuz.is_file() else None
+
+    def prepare(self, record: Path, rec: dict[str, Any]) -> KernelImage:
+        """Give the kernel unpacked as ``rec`` (see :func:`kernel_layout`) its initramfs, and
+        write ``rec`` to ``record`` so the next call finds it."""
         image = self._image(rec)
         self._build_initramfs(image)
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -109,8 +130,9 @@ class KernelCache:
             initrd=base / "vfio-hil-initrd.gz",
         )
 
-    def _apt_options(self, release: str) -> list[str]:
-        """apt options for packages of ``release`` (e.g. ``bookworm-backports``).
+    def apt_options(self, release: str) -> list[str]:
+        """apt options for packages of ``release`` (e.g. ``bookworm-backports``; ``""``: the
+        controller's own apt configuration).
 
         The controller's apt configuration is left alone: a private view lists only that
         suite, from the Debian mirror the controller already uses.
@@ -130,11 +152,11 @@ class KernelCache:
         ]
         if not any((view / "lists").glob("*Packages*")):
             self.log(f"fetching the package lists of {release}")
-            _run(["apt-get", *opts, "update", "-q"], f"apt-get update for {release}")
+            run_tool(["apt-get", *opts, "update", "-q"], f"apt-get update for {release}")
         return opts
 
     def _apt_cache_depends(self, name: str, release: str) -> str:
-        return _query(["apt-cache", *self._apt_options(release), "depends", name])
+        return query_tool(["apt-cache", *self.apt_options(release), "depends", name])
 
     def _resolve(self, name: str, release: str) -> str:
         """Follow a metapackage (``linux-image-amd64``) to the versioned image package."""
@@ -144,7 +166,7 @@ class KernelCache:
             out = self._apt_cache_depends(name, release)
             if not out and not release and not self._apt_updated:
                 self.log("apt lists do not know the kernel package yet: running apt-get update")
-                _run(["apt-get", "update", "-q"], "apt-get update")
+                run_tool(["apt-get", "update", "-q"], "apt-get update")
                 self._apt_updated = True
                 out = self._apt_cache_depends(name, release)
             if not out:
@@ -174,33 +196,39 @@ class KernelCache:
         """Download ``packages`` (the kernel of ``image``) and unpack them into one folder;
         the cache record of the result."""
         dest = self.root / image
-        names = " ".join(packages)
         with tempfile.TemporaryDirectory(prefix="vfio-hil-kernel-") as tmp:
-            self.log(f"downloading kernel package(s) {names} from the Debian archive")
-            opts = self._apt_options(release)
-            _run(
-                ["apt-get", *opts, "download", "-q", "-oAPT::Sandbox::User=root", *packages],
-                f"download of {names}",
-                cwd=Path(tmp),
-            )
-            debs = {deb.name.split("_")[0]: deb for deb in Path(tmp).glob("*.deb")}
-            missing = [p for p in packages if p not in debs]
-            if missing:
-                raise RackError(f"download of {image}: apt-get left no .deb of {missing}")
+            debs = self.download(packages, release, Path(tmp))
             if dest.exists():
                 shutil.rmtree(dest)
             dest.mkdir(parents=True)
             for pkg in packages:
-                _run(["dpkg-deb", "-x", str(debs[pkg]), str(dest)], f"unpacking {pkg}")
-        rec = _layout(dest, image, packages)
+                run_tool(["dpkg-deb", "-x", str(debs[pkg]), str(dest)], f"unpacking {pkg}")
+        rec = kernel_layout(dest, image, packages)
         # depmod (kmod 30, bookworm) reads <base>/lib/modules; merged-/usr kernels ship
         # usr/lib/modules, so the folder gets the symlink a merged-/usr system has.
         lib_modules = dest / "lib" / "modules"
         if not lib_modules.exists():
             lib_modules.parent.mkdir(exist_ok=True)
             lib_modules.symlink_to(Path("..") / "usr" / "lib" / "modules")
-        _run(["depmod", "-b", str(dest), rec["release"]], f"depmod for {image}")
+        run_tool(["depmod", "-b", str(dest), rec["release"]], f"depmod for {image}")
         return rec
+
+    def download(self, packages: list[str], release: str, into: Path) -> dict[str, Path]:
+        """Download ``packages`` of ``release`` (``""``: the controller's own suites) from the
+        Debian archive into ``into``; their .deb files by package name."""
+        names = " ".join(packages)
+        self.log(f"downloading package(s) {names} from the Debian archive")
+        opts = self.apt_options(release)
+        run_tool(
+            ["apt-get", *opts, "download", "-q", "-oAPT::Sandbox::User=root", *packages],
+            f"download of {names}",
+            cwd=into,
+        )
+        debs = {deb.name.split("_")[0]: deb for deb in into.glob("*.deb")}
+        missing = [p for p in packages if p not in debs]
+        if missing:
+            raise RackError(f"download of {names}: apt-get left no .deb of {missing}")
+        return debs
 
     def _build_initramfs(self, image: KernelImage) -> None:
         busybox = shutil.which("busybox")
@@ -235,14 +263,19 @@ class KernelCache:
             image.initrd.write_bytes(gzip.compress(cpio.stdout, compresslevel=1))
 
 
-def debian_mirror() -> tuple[str, str]:
-    """The Debian archive URI the controller's apt uses for its own release, and its keyring."""
-    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
-    codename = ""
+def debian_codename() -> str:
+    """The controller's Debian release (``bookworm``), or ``""`` where /etc/os-release lacks it."""
     with contextlib.suppress(OSError):
         for line in Path("/etc/os-release").read_text().splitlines():
             if line.startswith("VERSION_CODENAME="):
-                codename = line.split("=", 1)[1].strip('"')
+                return line.split("=", 1)[1].strip('"')
+    return ""
+
+
+def debian_mirror() -> tuple[str, str]:
+    """The Debian archive URI the controller's apt uses for its own release, and its keyring."""
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    codename = debian_codename()
     sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
     for path in sources:
         for stanza in path.read_text().split("\n\n"):
@@ -261,7 +294,7 @@ def debian_mirror() -> tuple[str, str]:
     raise RackError(f"no Debian mirror for {codename or 'this release'} in the apt sources")
 
 
-def _layout(dest: Path, image: str, packages: list[str]) -> dict[str, Any]:
+def kernel_layout(dest: Path, image: str, packages: list[str]) -> dict[str, Any]:
     """The cache record of the kernel unpacked into ``dest``: its release, and where its
     vmlinuz and modules are (relative to ``dest``), in whichever layout its packages have."""
     names = ", ".join(packages)

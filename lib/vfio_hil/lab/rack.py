@@ -1,12 +1,14 @@
 """The virtual rack: QEMU q35 machines with an emulated IOMMU and emulated PCI devices, booting
-a Debian kernel with the controller's filesystem as a read-only root, reached over SSH on a
-loopback port and managed over QMP.
+a Debian kernel (downloaded, or built from Debian's kernel source: :mod:`kernel_build`) with the
+controller's filesystem as a read-only root, reached over SSH on a loopback port and managed over
+QMP.
 
 State lives in a rack folder, ``<rack>/<host>/`` (pid, QMP socket, console log, SSH keys and
 config), so ``vfio-hil rack up`` in one process and ``vfio-hil run`` in another see the same
 machines. The rack folder belongs to the checkout (``~/.cache/vfio-hil/racks/<checkout>``):
 two clones with the same host names do not share machines, unless ``VFIO_HIL_HOME`` points
-them at one shared lab home (its ``racks/``). Downloaded kernels are shared either way.
+them at one shared lab home (its ``racks/``). Downloaded and built kernels are shared either
+way.
 
 Processes of one rack boot and stop machines under a lock of the rack folder, and every run
 registers as a user of the machines it drives: a machine a run booted is stopped when the
@@ -37,6 +39,7 @@ from vfio_hil.lab import CHECKOUT
 from vfio_hil.lab.errors import RackError, UsageError
 from vfio_hil.lab.inventory import Host, Inventory
 from vfio_hil.lab.kernel import KernelCache, KernelImage
+from vfio_hil.lab.kernel_build import KernelBuilder, parse_build_spec
 
 GUEST_INIT = Path(__file__).with_name("guest") / "guest-init.sh"
 BOOT_TIMEOUT_S = 240.0
@@ -207,8 +210,16 @@ class VirtualRack:
         self.racks = default_racks(self.home)
         self.log = log
         self.kernels = KernelCache(self.home / "kernels", log)
+        self.kernel_builds = KernelBuilder(self.kernels)
 
     # -- queries -------------------------------------------------------------------------
+
+    def kernel(self, name: str) -> KernelImage:
+        """The kernel a host's ``vm_kernel`` names: a Debian kernel package, downloaded, or
+        ``build:linux-source-<version>``, built (both once, then cached)."""
+        if parse_build_spec(name):
+            return self.kernel_builds.get(name)
+        return self.kernels.get(name)
 
     def virtual_hosts(self, names: Iterable[str] | None = None) -> list[Host]:
         """The inventory's virtual hosts, optionally limited to ``names``."""
@@ -369,7 +380,7 @@ class VirtualRack:
                 self.log(f"{host.name}: inventory changed since boot, restarting")
                 self._stop(host.name)
             assert host.vm is not None
-            to_boot.append((host, self.kernels.get(host.vm.kernel)))
+            to_boot.append((host, self.kernel(host.vm.kernel)))
         if not to_boot:
             return [self.status(h) for h in hosts]
         # What the boots share is made here, once: the accelerator probe and the keys.
@@ -528,7 +539,7 @@ class VirtualRack:
             return str(json.loads(cache.read_text())["accel"])
         accel = "tcg"
         if os.access("/dev/kvm", os.R_OK | os.W_OK):
-            kernel = self.kernels.get(self._first_kernel())
+            kernel = self.kernel(self._first_kernel())
             try:
                 proc = subprocess.run(
                     [QEMU, "-nodefaults", "-no-reboot", "-display", "none",

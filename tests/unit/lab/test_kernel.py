@@ -80,8 +80,8 @@ def single_archive() -> dict[str, Package]:
 
 
 class FakeApt:
-    """Stands in for ``kernel._run`` and ``kernel._query``: answers apt-cache and apt-get from
-    ``archive``, unpacks its fake .debs (JSON) like dpkg-deb, writes modules.dep like depmod,
+    """Stands in for ``kernel.run_tool`` and ``kernel.query_tool``: answers apt-cache and apt-get
+    from ``archive``, unpacks its fake .debs (JSON) like dpkg-deb, writes modules.dep like depmod,
     and records every command as one line in ``calls``."""
 
     def __init__(self, archive: dict[str, Package]) -> None:
@@ -124,8 +124,8 @@ class FakeApt:
 @pytest.fixture
 def apt(monkeypatch: pytest.MonkeyPatch) -> FakeApt:
     fake = FakeApt(split_archive())
-    monkeypatch.setattr(kernel, "_run", fake.run)
-    monkeypatch.setattr(kernel, "_query", fake.query)
+    monkeypatch.setattr(kernel, "run_tool", fake.run)
+    monkeypatch.setattr(kernel, "query_tool", fake.query)
     monkeypatch.setattr(kernel, "debian_mirror", lambda: ("http://deb.example", "/k.gpg"))
     return fake
 
