@@ -34,6 +34,9 @@ _CONTAINER_TYPES: Dict[str, int] = {
 }
 
 _RW = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
+#: The device id GET_PCI_HOT_RESET_INFO reports, with VFIO_PCI_HOT_RESET_FLAG_DEV_ID, for an
+#: affected device the caller's iommufd does not own (VFIO_PCI_DEVID_NOT_OWNED, -1 as __u32).
+_DEVID_NOT_OWNED = 0xFFFF_FFFF
 
 
 class DmaMapping(Owned["IommuBackend"]):
@@ -357,7 +360,10 @@ class IommufdBackend(IommuBackend):
 
     def raw_map_dma(self, vaddr: int, iova: int, size: int, flags: int = _RW) -> int:
         """IOMMU_IOAS_MAP at the fixed ``iova`` through the raw tier, READ/WRITE from the
-        VFIO flags."""
+        VFIO flags; any other VFIO flag has no IOMMU_IOAS_MAP meaning and is ``-EINVAL``
+        (as the container answers an unknown flag), never silently dropped."""
+        if flags & ~_RW:
+            return -errno.EINVAL
         ret = self.ioas.raw_map(
             vaddr,
             size,
@@ -383,7 +389,16 @@ class IommufdBackend(IommuBackend):
 
     def hot_reset(self, device: Device) -> None:
         """VFIO_DEVICE_PCI_HOT_RESET with no group fds: the kernel checks ownership through
-        the iommufd the device is bound to."""
+        the iommufd the device is bound to. As under the container, the affected devices are
+        asked first (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: ENODEV for a device with no bus or
+        slot reset), and a reset affecting a device this iommufd does not own is refused."""
+        info = device.hot_reset_info()
+        if not info.flags & uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED:
+            foreign = [d.bdf for d in info.devices if d.group_id == _DEVID_NOT_OWNED]
+            raise ValueError(
+                f"hot reset of {device.bdf} affects {foreign or 'devices'} not bound to this "
+                "iommufd (open each of them in this backend first)"
+            )
         device.hot_reset([])
 
     def _close_context(self) -> None:

@@ -150,7 +150,28 @@ def test_map_unmap_and_ranges(backend: IommufdBackend, kernel: FakeKernel) -> No
         assert len(backend._mappings) == 0
 
 
+def _hot_reset_info(devid: int, flags: int) -> Any:
+    """A GET_PCI_HOT_RESET_INFO answer for a cdev device: one affected device, 0000:01:00.0,
+    reported by iommufd device id with ``flags``."""
+
+    def answer(arg: Any) -> int:
+        if arg.argsz < 12 + 8:
+            arg.count = 1
+            return -errno.ENOSPC
+        arg.flags = flags
+        arg.count = 1
+        arg.devices[0].group_id = devid  # the union with devid (uapi: __u32 either way)
+        arg.devices[0].bus = 1
+        return 0
+
+    return answer
+
+
+OWNED = uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID | uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED
+
+
 def test_hot_reset_passes_no_group_fds(backend: IommufdBackend, kernel: FakeKernel) -> None:
+    kernel.handlers["VFIO_DEVICE_GET_PCI_HOT_RESET_INFO"] = _hot_reset_info(DEVID, OWNED)
     device = backend.open_device(BDF)
     backend.hot_reset(device)
     assert kernel.last("VFIO_DEVICE_PCI_HOT_RESET") == (
@@ -158,6 +179,34 @@ def test_hot_reset_passes_no_group_fds(backend: IommufdBackend, kernel: FakeKern
         "VFIO_DEVICE_PCI_HOT_RESET",
         struct.pack("=III", 12, 0, 0),
     )
+
+
+def test_hot_reset_of_a_device_without_one_names_the_info_ioctl(
+    backend: IommufdBackend, kernel: FakeKernel
+) -> None:
+    """As under the container: a device with no bus or slot reset (on a root bus) is reported
+    by VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, and no reset is tried (tests/dut met it)."""
+    kernel.handlers["VFIO_DEVICE_GET_PCI_HOT_RESET_INFO"] = lambda _arg: -errno.ENODEV
+    device = backend.open_device(BDF)
+    with pytest.raises(VfioError) as info:
+        backend.hot_reset(device)
+    assert (info.value.errno, info.value.ioctl) == (
+        errno.ENODEV,
+        "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO",
+    )
+    assert "VFIO_DEVICE_PCI_HOT_RESET" not in kernel.names()
+
+
+def test_hot_reset_refuses_devices_the_iommufd_does_not_own(
+    backend: IommufdBackend, kernel: FakeKernel
+) -> None:
+    kernel.handlers["VFIO_DEVICE_GET_PCI_HOT_RESET_INFO"] = _hot_reset_info(
+        0xFFFF_FFFF, uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID
+    )
+    device = backend.open_device(BDF)
+    with pytest.raises(ValueError, match=r"affects \['0000:01:00.0'\] not bound to this iommufd"):
+        backend.hot_reset(device)
+    assert "VFIO_DEVICE_PCI_HOT_RESET" not in kernel.names()
 
 
 def test_close_destroys_the_ioas_and_closes_fds(
@@ -294,3 +343,16 @@ def test_backend_raw_tier_takes_vfio_flags(backend: IommufdBackend, kernel: Fake
     assert backend.raw_unmap_dma(0x20000, 4096, uapi.VFIO_DMA_UNMAP_FLAG_ALL) == -errno.EINVAL
     kernel.handlers["IOMMU_IOAS_MAP"] = lambda _arg: -errno.EEXIST
     assert backend.raw_map_dma(0x7000_0000, 0x20000, 4096) == -errno.EEXIST
+
+
+def test_backend_raw_map_refuses_vfio_flags_iommufd_lacks(
+    backend: IommufdBackend, kernel: FakeKernel
+) -> None:
+    """A VFIO map flag with no IOMMU_IOAS_MAP meaning (VADDR, an unknown bit) is -EINVAL, as
+    the container answers it, not dropped: the map would otherwise succeed (DMA-002 under
+    iommufd on a real kernel)."""
+    backend.open_device(BDF)
+    for flag in (uapi.VFIO_DMA_MAP_FLAG_VADDR, 1 << 8):
+        flags = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE | flag
+        assert backend.raw_map_dma(0x7000_0000, 0x20000, 4096, flags) == -errno.EINVAL
+    assert "IOMMU_IOAS_MAP" not in kernel.names()
