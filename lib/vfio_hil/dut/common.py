@@ -16,6 +16,7 @@ from ..core.backend import IommuBackend
 from ..core.container import Container
 from ..core.device import Device
 from ..core.group import Group
+from ..core.iommufd import map_flags as iommufd_map_flags
 
 RW = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
 
@@ -89,7 +90,10 @@ class Transcript:
 
     def record(self, ioctl: str, args: Dict[str, Any], ret: int) -> int:
         """Keep one ioctl with its arguments (integers shown in hex) and return ``ret``."""
-        shown = {k: hex(v) if isinstance(v, int) and k != "flags" else v for k, v in args.items()}
+        shown = {
+            k: hex(v) if isinstance(v, int) and not k.endswith("flags") else v
+            for k, v in args.items()
+        }
         self._keep(ioctl, shown, answer(ret))
         return ret
 
@@ -105,10 +109,19 @@ class Transcript:
 
     def map(self, target: Mapper, vaddr: int, iova: int, size: int, flags: int = RW) -> int:
         """Map DMA through the raw tier of a container or any IOMMU backend (VFIO flags):
-        0 or ``-errno``."""
-        args = {"vaddr": vaddr, "iova": iova, "size": size, "flags": flags}
+        0 or ``-errno``. Under iommufd ``flags`` are the IOMMU_IOAS_MAP flags the backend
+        sends, beside the VFIO ones asked for (``vfio_flags``)."""
+        args: Dict[str, Any] = {"vaddr": vaddr, "iova": iova, "size": size, "flags": flags}
+        ioctl = _ioctl_name(target, "VFIO_IOMMU_MAP_DMA", "IOMMU_IOAS_MAP")
+        if ioctl == "IOMMU_IOAS_MAP":
+            args["flags"] = iommufd_map_flags(
+                iova,
+                bool(flags & uapi.VFIO_DMA_MAP_FLAG_READ),
+                bool(flags & uapi.VFIO_DMA_MAP_FLAG_WRITE),
+            )
+            args["vfio_flags"] = flags
         ret = target.raw_map_dma(vaddr, iova, size, flags)
-        return self.record(_ioctl_name(target, "VFIO_IOMMU_MAP_DMA", "IOMMU_IOAS_MAP"), args, ret)
+        return self.record(ioctl, args, ret)
 
     def unmap(self, target: Mapper, iova: int, size: int, flags: int = 0) -> int:
         """Unmap DMA through the raw tier: bytes unmapped or ``-errno``."""

@@ -177,6 +177,25 @@ def test_transcript_shows_addresses_in_hex() -> None:
     ]
 
 
+class _IommufdStub:
+    """An iommufd backend's raw tier that accepts every map."""
+
+    name = "iommufd"
+
+    def raw_map_dma(self, vaddr: int, iova: int, size: int, flags: int) -> int:
+        return 0
+
+
+def test_transcript_shows_the_iommufd_flags_sent() -> None:
+    """Under iommufd the evidence shows IOMMU_IOAS_MAP's own flags (FIXED_IOVA 1, WRITEABLE
+    2, READABLE 4), not VFIO's READ|WRITE (3) under that ioctl's name."""
+    t = Transcript()
+    t.map(_IommufdStub(), 0x7F0000000000, 0x200000, PAGE, mapping.READ)  # type: ignore[arg-type]
+    assert t.entries[0]["ioctl"] == "IOMMU_IOAS_MAP"
+    assert t.entries[0]["args"]["flags"] == 1 | 4
+    assert t.entries[0]["args"]["vfio_flags"] == mapping.READ
+
+
 class FakePool:
     """The kernel's huge page pool: growing it yields ``fill`` of the pages asked for."""
 
