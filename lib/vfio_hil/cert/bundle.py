@@ -37,8 +37,7 @@ from typing import Any
 from vfio_hil.cert import render
 from vfio_hil.cert.profile import Profile, canonical_json, profile_from_data, published
 from vfio_hil.cert.signing import key_id, load_public, open_envelope, sign
-from vfio_hil.cert.verdict import TEST_RESULT, Certification, certify
-from vfio_hil.lab.baseline import platform_key
+from vfio_hil.cert.verdict import TEST_RESULT, Certification, RunRecords, certify
 from vfio_hil.lab.errors import BundleInvalid, CertError, ResultsFileError
 from vfio_hil.lab.report import read_results
 
@@ -120,7 +119,7 @@ def build(
         evidence = run_dir / "evidence"
         if evidence.is_dir():
             shutil.copytree(evidence, work / "evidence", symlinks=False)
-        facts = platform_facts(document)
+        facts = platform_facts(document, certification.scope)
         cert_data = certification.to_dict()
         _write_json(work / "platform.json", facts)
         _write_json(work / "profile.json", profile.canonical())
@@ -143,25 +142,10 @@ def build(
     return Built(folder, archive, certification, key_id(key.public_key()))
 
 
-def platform_facts(document: Mapping[str, Any]) -> dict[str, Any]:
-    """``platform.json``: per host its platform id and facts (the records' platform), and
-    its devices as the records name them (IDs, class, revision, serial numbers)."""
-    hosts: dict[str, dict[str, Any]] = {}
-    for r in document["results"]:
-        host = r.get("host")
-        if not host:
-            continue
-        entry = hosts.setdefault(host, {"platform_id": "unknown", "platform": {}, "devices": {}})
-        if r.get("platform") and not entry["platform"]:
-            entry["platform"] = r["platform"]
-        dev = r.get("device")
-        if dev:
-            known = entry["devices"].setdefault(dev["bdf"], {})
-            known.update({k: v for k, v in dev.items() if v is not None})
-    for entry in hosts.values():
-        if entry["platform"]:
-            entry["platform_id"] = platform_key(entry["platform"])[0]
-    return {"hosts": {h: hosts[h] for h in sorted(hosts)}}
+def platform_facts(document: Mapping[str, Any], hosts: Collection[str]) -> dict[str, Any]:
+    """``platform.json`` of the certified ``hosts``: per host its platform id and facts, and
+    its devices as the run's records name them (:meth:`RunRecords.facts`)."""
+    return RunRecords(r for r in document["results"] if r.get("host") in hosts).facts()
 
 
 def manifest_text(digests: Mapping[str, str]) -> str:

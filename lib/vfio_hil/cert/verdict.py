@@ -122,7 +122,7 @@ def certify(
             f"run {run['id']} has no host {', '.join(unknown)} (its hosts: {', '.join(run_hosts)})"
         )
     scope = sorted(hosts) if hosts else run_hosts
-    records = _Records(r for r in document["results"] if r.get("host") in scope)
+    records = RunRecords(r for r in document["results"] if r.get("host") in scope)
     host_checks = set(plan.get("host_checks", []))
     known = host_checks | set(plan.get("device_checks", []))
     devices = []
@@ -152,8 +152,9 @@ def certify(
     )
 
 
-class _Records:
-    """The run's records, indexed by host, device and check."""
+class RunRecords:
+    """A run's records, indexed by host, device and check, with each host's platform and
+    each device's identity as the records name them."""
 
     def __init__(self, results: Iterable[Record]) -> None:
         self.device: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
@@ -186,6 +187,24 @@ class _Records:
         summary = self.platform.get(host)
         return platform_key(summary)[0] if summary else "unknown"
 
+    def facts(self) -> dict[str, Any]:
+        """``platform.json``: per host its platform id and facts (the records' platform), and
+        its devices as the records name them (IDs, class, revision, serial numbers)."""
+        hosts: dict[str, dict[str, Any]] = {}
+        for host in sorted({h for h, _ in self.identity} | set(self.platform)):
+            if not host:
+                continue
+            hosts[host] = {
+                "platform_id": self.platform_id(host),
+                "platform": dict(self.platform.get(host, {})),
+                "devices": {
+                    bdf: dict(ident)
+                    for (h, bdf), ident in sorted(self.identity.items())
+                    if h == host
+                },
+            }
+        return {"hosts": hosts}
+
     def platforms(self) -> list[dict[str, Any]]:
         """Each platform of the run: its id, its one-line text and its hosts."""
         found: dict[str, dict[str, Any]] = {}
@@ -201,7 +220,7 @@ class _Records:
 def _certify_device(
     entry: Mapping[str, Any],
     profile: Profile,
-    records: _Records,
+    records: RunRecords,
     applicable: set[str],
     known: set[str],
 ) -> DeviceCertification:

@@ -271,3 +271,21 @@ def test_the_readme_script_verifies_without_vfio_hil(bundle: Path, keys, tmp_pat
     signing.keygen(tmp_path / "o.key", tmp_path / "o.pub")
     other = _run_script(script, bundle, tmp_path / "o.pub")
     assert other.stderr.strip() == "the signature does not verify with this key"
+
+
+def test_platform_facts_hold_only_the_certified_hosts() -> None:
+    from cert_runs import NVME, PLATFORM, document
+
+    from vfio_hil.cert.bundle import platform_facts
+    from vfio_hil.lab.baseline import platform_key
+
+    records = [*passing(), rec("PLAT-001", host="vdut1"), rec("CFG-001", bdf=NVME, host="vdut1")]
+    facts = platform_facts(document(records), ["vdut0"])
+    assert list(facts["hosts"]) == ["vdut0"]
+    vdut0 = facts["hosts"]["vdut0"]
+    assert vdut0["platform"] == PLATFORM
+    assert vdut0["platform_id"] == platform_key(PLATFORM)[0]
+    assert sorted(vdut0["devices"]) == [EDU, NVME]
+    assert vdut0["devices"][NVME]["dsn"] == "00-11-22-33-44-55-66-77"
+    assert list(platform_facts(document(records), ["vdut0", "vdut1"])["hosts"]) == [
+        "vdut0", "vdut1"]  # fmt: skip
