@@ -23,6 +23,7 @@ installed in the same layout and prepared by the same :meth:`KernelCache.prepare
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import json
 import lzma
@@ -31,7 +32,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,10 +151,22 @@ class KernelCache:
             f"-oDir::State::Lists={view / 'lists'}",
             f"-oDir::Cache={view / 'cache'}",
         ]
-        if not any((view / "lists").glob("*Packages*")):
-            self.log(f"fetching the package lists of {release}")
-            run_tool(["apt-get", *opts, "update", "-q"], f"apt-get update for {release}")
+        with self.apt_lock():
+            if not any((view / "lists").glob("*Packages*")):
+                self.log(f"fetching the package lists of {release}")
+                run_tool(["apt-get", *opts, "update", "-q"], f"apt-get update for {release}")
         return opts
+
+    @contextlib.contextmanager
+    def apt_lock(self) -> Iterator[None]:
+        """Hold the cache's apt lock: one apt-get update or download at a time, whichever
+        process asks (a rack booting while another builds its kernel, CI runners sharing the
+        cache), since apt refuses to run beside itself on the same lists."""
+        lock_path = self.root / "apt" / ".lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def _apt_cache_depends(self, name: str, release: str) -> str:
         return query_tool(["apt-cache", *self.apt_options(release), "depends", name])
@@ -166,7 +179,8 @@ class KernelCache:
             out = self._apt_cache_depends(name, release)
             if not out and not release and not self._apt_updated:
                 self.log("apt lists do not know the kernel package yet: running apt-get update")
-                run_tool(["apt-get", "update", "-q"], "apt-get update")
+                with self.apt_lock():
+                    run_tool(["apt-get", "update", "-q"], "apt-get update")
                 self._apt_updated = True
                 out = self._apt_cache_depends(name, release)
             if not out:
@@ -219,11 +233,12 @@ class KernelCache:
         names = " ".join(packages)
         self.log(f"downloading package(s) {names} from the Debian archive")
         opts = self.apt_options(release)
-        run_tool(
-            ["apt-get", *opts, "download", "-q", "-oAPT::Sandbox::User=root", *packages],
-            f"download of {names}",
-            cwd=into,
-        )
+        with self.apt_lock():
+            run_tool(
+                ["apt-get", *opts, "download", "-q", "-oAPT::Sandbox::User=root", *packages],
+                f"download of {names}",
+                cwd=into,
+            )
         debs = {deb.name.split("_")[0]: deb for deb in into.glob("*.deb")}
         missing = [p for p in packages if p not in debs]
         if missing:

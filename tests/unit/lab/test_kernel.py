@@ -9,6 +9,8 @@ import json
 import lzma
 import re
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,3 +232,31 @@ def test_no_release_folder_names_the_packages(tmp_path: Path, apt: FakeApt) -> N
 def test_unknown_metapackage(tmp_path: Path, apt: FakeApt) -> None:
     with pytest.raises(RackError, match="'linux-image-foo' is not in the Debian archive"):
         cache(tmp_path).get("linux-image-foo/sid")
+
+
+def test_apt_never_runs_beside_itself(tmp_path: Path, apt: FakeApt) -> None:
+    """A rack fetching a kernel while another process (a kernel build, a second CI runner)
+    fetches one through the same cache: their apt-get runs never overlap (apt would refuse
+    to run on lists another apt holds)."""
+    running: list[str] = []
+    overlaps: list[str] = []
+    record = apt.run
+
+    def slow_run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
+        if cmd[0] == "apt-get":
+            if running:
+                overlaps.append(f"{cmd[-1]} beside {running[0]}")
+            running.append(cmd[-1])
+            time.sleep(0.05)
+            running.remove(cmd[-1])
+        return record(cmd, what, cwd)
+
+    kernel.run_tool = slow_run  # the fixture's monkeypatch restores it
+    apt.archive.update(single_archive() | split_archive())
+    wanted = ["linux-image-amd64/sid", f"linux-image-{OLD}/bookworm"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        images = list(pool.map(lambda p: cache(tmp_path).get(p), wanted))
+    assert [i.release for i in images] == [NEW, OLD]
+    # An update and a download for each suite's private view.
+    assert sum(c.startswith("apt-get") for c in apt.calls) == 4
+    assert not overlaps
