@@ -13,13 +13,34 @@ from rackutil import (
     RACK_INVENTORY,
     REPEAT_HOST,
     REUSED_HOST,
+    KernelBuild,
     booted_rack,
+    build_rack_kernel,
     lab_host_run,
     pci_drivers,
     run_cli,
 )
 
 from vfio_hil.lab.rack import VirtualRack
+
+BUILT_MARK = "built_kernel"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the rack-built kernel go last: the kernel builds (the first time) while the
+    other tests run."""
+    items.sort(key=lambda item: item.get_closest_marker(BUILT_MARK) is not None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rack_kernel(request: pytest.FixtureRequest) -> Iterator[Future[KernelBuild] | None]:
+    """The rack kernel, building in the background from the session's start when a selected
+    test needs it (niced: the rack's machines keep the CPU first); None when none does."""
+    if not any(item.get_closest_marker(BUILT_MARK) for item in request.session.items):
+        yield None
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="e2e-kernel") as pool:
+        yield pool.submit(build_rack_kernel)
 
 
 @pytest.fixture(scope="session", autouse=True)

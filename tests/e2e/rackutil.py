@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,7 +18,9 @@ from typing import Any, Iterator
 
 import yaml
 
-from vfio_hil.lab.inventory import load_inventory
+from vfio_hil.lab.inventory import Host, load_inventory
+from vfio_hil.lab.kernel import KernelImage
+from vfio_hil.lab.provision import Provisioner
 from vfio_hil.lab.rack import VirtualRack
 
 HERE = Path(__file__).parent
@@ -31,6 +35,13 @@ NVME_HOTPLUG = "0000:01:00.0"
 NVME_PLAIN = "0000:00:05.0"
 TESTDEV = "0000:00:07.0"
 VFIO_HIL = str(Path(sys.executable).with_name("vfio-hil"))
+#: The e2e platforms on the kernel the rack builds (tests/e2e/test_built_kernel.py).
+BUILT_INVENTORY = HERE / "built_kernel.yml"
+BUILT_KERNEL = "build:linux-source-6.12"
+#: This clone, quoted for a DUT's shell.
+REPO = shlex.quote(str(HERE.resolve().parents[1]))
+#: A DUT-side test suite under TCG, with room for a loaded controller.
+DUT_TIMEOUT_S = 1800
 
 
 @dataclass
@@ -100,17 +111,60 @@ def interrupt_cli_when(args: list[str], reports: Path, ready: Any, timeout: floa
     return CliRun(proc.returncode, out, err, reports)
 
 
-def dut_shell(rack: VirtualRack, host: str, command: str) -> str:
-    """Run a shell command on a rack DUT and return its output."""
+def dut_command(
+    rack: VirtualRack, host: str, command: str, timeout: float = DUT_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """Run a shell command on a rack DUT as root; its exit status and output."""
     target = rack.ssh_target(host)
-    proc = subprocess.run(
+    return subprocess.run(
         ["ssh", "-F", str(target.ssh_config), "-o", "BatchMode=yes", host, command],
         capture_output=True,
         text=True,
-        timeout=120,
-        check=True,
+        timeout=timeout,
+        check=False,
     )
+
+
+def dut_shell(rack: VirtualRack, host: str, command: str) -> str:
+    """Run a shell command on a rack DUT and return its output (it must succeed)."""
+    proc = dut_command(rack, host, command, timeout=120)
+    proc.check_returncode()
     return proc.stdout
+
+
+def dut_pytest(args: str) -> str:
+    """The shell command that runs this clone's ``tests/dut`` (``args``: paths and options)
+    inside a DUT, which sees the controller's filesystem at the same paths."""
+    return f"cd {REPO} && .venv/bin/python -m pytest -p no:cacheprovider {args} -q -rs"
+
+
+def pytest_summary(output: str) -> dict[str, int]:
+    """Counts of pytest's final summary line ("104 passed, 41 skipped in 57.0s")."""
+    lines = [line for line in output.splitlines() if re.search(r" in [\d.]+s", line)]
+    if not lines:
+        return {}
+    return {kind: int(n) for n, kind in re.findall(r"(\d+) (\w+)", lines[-1])}
+
+
+def skip_reasons(output: str) -> list[str]:
+    """The reasons of the SKIPPED lines of a ``pytest -rs`` output."""
+    return re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$", output, re.MULTILINE)
+
+
+@contextlib.contextmanager
+def provisioned(
+    rack: VirtualRack, inventory_path: Path, host: str, work_dir: Path
+) -> Iterator[Host]:
+    """One rack host provisioned as a run would (its devices' groups on vfio-pci) for the
+    block, and restored after it."""
+    inventory = load_inventory(inventory_path)
+    target = inventory.hosts[host]
+    provisioner = Provisioner(inventory, rack, work_dir, log=lambda m: print(f"[prov] {m}"))
+    provisioner.setup(target)
+    try:
+        yield target
+    finally:
+        provisioner.teardown([target])
 
 
 def pci_drivers(rack: VirtualRack, host: str) -> dict[str, str]:
@@ -126,6 +180,25 @@ def pci_drivers(rack: VirtualRack, host: str) -> dict[str, str]:
         bdf, _, drv = line.partition(" ")
         result[bdf] = "" if drv in ("", ".") else drv
     return result
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    """The rack kernel of ``BUILT_INVENTORY``, as the session's background build left it."""
+
+    image: KernelImage
+    #: False when the cache already held it, built from today's inputs.
+    built: bool
+    seconds: float
+
+
+def build_rack_kernel() -> KernelBuild:
+    """Build :data:`BUILT_KERNEL` unless the kernel cache holds it from today's inputs."""
+    rack = VirtualRack(load_inventory(BUILT_INVENTORY), log=lambda m: print(f"[kernel] {m}"))
+    built = rack.kernel_builds.cached(BUILT_KERNEL) is None
+    start = time.monotonic()
+    image = rack.kernel(BUILT_KERNEL)
+    return KernelBuild(image, built, time.monotonic() - start)
 
 
 @contextlib.contextmanager

@@ -8,26 +8,27 @@ shown, not judged: speed belongs to benchmarks, not to tests that could flake)."
 from __future__ import annotations
 
 import re
-import shlex
 import subprocess
-from pathlib import Path
-from typing import Any, Dict, List, NamedTuple
+from typing import Any, Dict, NamedTuple
 
 import pytest
-from rackutil import E2E_INVENTORY, pci_drivers
+from rackutil import (
+    E2E_INVENTORY,
+    REPO,
+    dut_command,
+    dut_pytest,
+    pci_drivers,
+    provisioned,
+    pytest_summary,
+    skip_reasons,
+)
 
-from vfio_hil.lab.inventory import load_inventory
-from vfio_hil.lab.provision import Provisioner
 from vfio_hil.lab.rack import VirtualRack
 
 pytestmark = pytest.mark.e2e
 
 HOST = "e2e-intel"
-#: This clone: the guest sees the controller's filesystem at the same paths.
-REPO = shlex.quote(str(Path(__file__).resolve().parents[2]))
-DUT_SUITE = f"cd {REPO} && .venv/bin/python -m pytest -p no:cacheprovider tests/dut -q -rs"
-#: The whole suite under TCG, with room for a loaded controller.
-SUITE_TIMEOUT_S = 1800
+DUT_SUITE = dut_pytest("tests/dut")
 #: A short benchmark run: enough for figures, not for a fine comparison (``make bench``).
 BENCH = (
     f"cd {REPO} && .venv/bin/python benchmarks/dma_map_bench.py --rounds 3 --seconds 0.3 "
@@ -49,54 +50,24 @@ class DutRun(NamedTuple):
     drivers_after: Dict[str, str]
 
 
-def _ssh(rack: VirtualRack, host: str, command: str) -> subprocess.CompletedProcess:
-    target = rack.ssh_target(host)
-    return subprocess.run(
-        ["ssh", "-F", str(target.ssh_config), "-o", "BatchMode=yes", host, command],
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT_S,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def dut_run(
     e2e_rack: VirtualRack, lab_host_started: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> DutRun:
     """The core library's DUT tests and its benchmark inside e2e-intel; the lab-host run
     goes on beside them (``lab_host_started``: this keeps one guest busy, that one another)."""
-    inventory = load_inventory(E2E_INVENTORY)
-    host = inventory.hosts[HOST]
-    work_dir: Path = tmp_path_factory.mktemp("core-integration")
-    provisioner = Provisioner(inventory, e2e_rack, work_dir, log=lambda m: print(f"[prov] {m}"))
     before = pci_drivers(e2e_rack, HOST)
-    provisioner.setup(host)
-    try:
-        proc = _ssh(e2e_rack, HOST, DUT_SUITE)
-        bench = _ssh(e2e_rack, HOST, f"{BENCH} --bdf {host.devices[0].bdf}")
-    finally:
-        provisioner.teardown([host])
+    with provisioned(e2e_rack, E2E_INVENTORY, HOST, tmp_path_factory.mktemp("core")) as host:
+        proc = dut_command(e2e_rack, HOST, DUT_SUITE)
+        bench = dut_command(e2e_rack, HOST, f"{BENCH} --bdf {host.devices[0].bdf}")
     after = pci_drivers(e2e_rack, HOST)
     output = proc.stdout + proc.stderr
     print(f"[dut] {HOST}: {output.strip().splitlines()[-1] if output.strip() else 'no output'}")
     return DutRun(proc.returncode, output, bench, before, after)
 
 
-def _summary(output: str) -> Dict[str, int]:
-    """Counts of pytest's final summary line ("104 passed, 41 skipped in 57.0s")."""
-    lines = [line for line in output.splitlines() if re.search(r" in [\d.]+s", line)]
-    if not lines:
-        return {}
-    return {kind: int(n) for n, kind in re.findall(r"(\d+) (\w+)", lines[-1])}
-
-
-def _skip_reasons(output: str) -> List[str]:
-    return re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$", output, re.MULTILINE)
-
-
 def test_the_dut_suite_passes(dut_run: DutRun) -> None:
-    counts = _summary(dut_run.output)
+    counts = pytest_summary(dut_run.output)
     tail = dut_run.output[-6000:]
     assert counts, f"no pytest summary from the DUT:\n{tail}"
     assert not counts.get("failed") and not counts.get("error") and not counts.get("errors"), tail
@@ -106,7 +77,7 @@ def test_the_dut_suite_passes(dut_run: DutRun) -> None:
 
 
 def test_skips_are_only_for_what_the_platform_lacks(dut_run: DutRun) -> None:
-    reasons = _skip_reasons(dut_run.output)
+    reasons = skip_reasons(dut_run.output)
     unexpected = [r for r in reasons if not any(e in r for e in EXPECTED_SKIPS)]
     assert not unexpected, f"unexpected skips: {unexpected}"
 

@@ -244,11 +244,14 @@ class KernelBuilder:
         self.cache = cache
         self.steps = steps or BuildSteps(cache, cache.log)
 
+    def cached(self, text: str) -> KernelImage | None:
+        """The kernel ``text`` names if the cache holds it built from today's inputs (then
+        :meth:`get` builds nothing), else None."""
+        return self._built(self.cache.record_path(text), _spec(text), FRAGMENT.read_text())
+
     def get(self, text: str) -> KernelImage:
         """The kernel ``text`` (``build:linux-source-<version>``) names, built on first use."""
-        spec = parse_build_spec(text)
-        if spec is None:
-            raise RackError(f"{text!r} is not a kernel to build (build:linux-source-<version>)")
+        spec = _spec(text)
         fragment = FRAGMENT.read_text()
         record = self.cache.record_path(text)
         image = self._built(record, spec, fragment)
@@ -304,6 +307,13 @@ class KernelBuilder:
         for link in ("build", "source"):
             (dest / rec["modules_dir"] / link).unlink(missing_ok=True)
         return {**rec, "source_version": version, "key": key}
+
+
+def _spec(text: str) -> BuildSpec:
+    spec = parse_build_spec(text)
+    if spec is None:
+        raise RackError(f"{text!r} is not a kernel to build (build:linux-source-<version>)")
+    return spec
 
 
 def _read_record(record: Path) -> dict[str, Any]:

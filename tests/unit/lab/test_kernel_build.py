@@ -141,6 +141,7 @@ def cache(tmp_path: Path) -> KernelCache:
 @pytest.mark.skipif(not shutil.which("busybox"), reason="the initramfs needs busybox (make deps)")
 def test_second_get_does_nothing(cache: KernelCache) -> None:
     steps = RecordingSteps(cache)
+    assert KernelBuilder(cache, steps).cached(SPEC) is None
     first = KernelBuilder(cache, steps).get(SPEC)
     assert steps.calls == [
         "check_packages", "locate linux-source-6.12", "unpack linux-source-6.12", "configure",
@@ -152,6 +153,7 @@ def test_second_get_does_nothing(cache: KernelCache) -> None:
     assert not (first.modules_dir / "build").is_symlink()
     assert [p.name for p in cache.root.iterdir() if p.name.endswith(".work")] == []
     steps.calls.clear()
+    assert KernelBuilder(cache, steps).cached(SPEC) == first
     assert KernelBuilder(cache, steps).get(SPEC) == first
     assert steps.calls == []
 
@@ -165,6 +167,7 @@ def test_changed_fragment_builds_anew(
     fragment.write_text(FRAGMENT.read_text() + "CONFIG_PCI_IOV=y\n")
     monkeypatch.setattr("vfio_hil.lab.kernel_build.FRAGMENT", fragment)
     steps = RecordingSteps(cache)
+    assert KernelBuilder(cache, steps).cached(SPEC) is None
     second = KernelBuilder(cache, steps).get(SPEC)
     assert "compile" in steps.calls
     assert second.package != first.package
