@@ -130,6 +130,7 @@ class FakeSysfs:
             number = max((int(g.name) for g in groups.iterdir()), default=-1) + 1
             (groups / str(number) / "devices").mkdir(parents=True)
             (groups / str(number) / "devices" / bdf).symlink_to(path)
+            (groups / str(number) / "name").write_text("vfio-noiommu\n")
             (path / "iommu_group").symlink_to(groups / str(number))
             self.noiommu_groups[bdf] = number
         self._link(bdf, driver)
@@ -142,6 +143,7 @@ class FakeSysfs:
             (self.pci / "devices" / bdf / "iommu_group").unlink()
             (group / "devices" / bdf).unlink()
             (group / "devices").rmdir()
+            (group / "name").unlink()
             group.rmdir()
 
     def write(self, path: str, value: str) -> None:
