@@ -126,20 +126,21 @@ class HostSession:
         a guarantee not theirs. Judged by the domain VFIO gets, not by the host drivers'
         default domains: with ``iommu=pt`` those are identity, and VFIO still isolates.
         """
+        facts = self.platform.get("devices", {}).get(bdf)
+        # First: the library refuses a no-IOMMU group unless asked for it by name.
+        if facts is not None and facts.get("noiommu_group"):
+            return Unusable(
+                "covered",
+                f"{bdf} is in no-IOMMU group {facts['iommu_group']} on {self.name}: nothing "
+                "isolates its DMA (PLAT-001, PLAT-003)",
+            )
         if self.platform.get("iommu", {}).get("kind") == "none":
             return Unusable("covered", f"no IOMMU on {self.name} (PLAT-001)")
-        facts = self.platform.get("devices", {}).get(bdf)
         if facts is None:
             return Unusable("lab", f"{bdf} is not present on {self.name}")
         if facts.get("iommu_group") is None:
             return Unusable(
                 "covered", f"{bdf} is in no IOMMU group: no working IOMMU on {self.name} (PLAT-001)"
-            )
-        if facts.get("noiommu_group"):
-            return Unusable(
-                "covered",
-                f"{bdf} is in no-IOMMU group {facts['iommu_group']} on {self.name}: nothing "
-                "isolates its DMA (PLAT-001, PLAT-003)",
             )
         if facts.get("driver") != "vfio-pci":
             return Unusable(

@@ -50,6 +50,11 @@ def _unusable(
         (_unusable(refusal={"ioctl": "VFIO_SET_IOMMU", "errno": 1}), "covered", "PLAT-002"),
         (_unusable(refusal={"noiommu": True}), "covered", "PLAT-001"),
         (_unusable(device={**DEVICE, "noiommu_group": True}), "covered", "PLAT-001, PLAT-003"),
+        (
+            _unusable(iommu="none", device={**DEVICE, "noiommu_group": True}),
+            "covered",
+            "PLAT-001, PLAT-003",
+        ),
         (_unusable(device=None), "lab", None),
         (_unusable(device={**DEVICE, "driver": "nvme"}), "lab", None),
     ],
