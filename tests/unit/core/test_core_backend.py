@@ -20,6 +20,7 @@ from vfio_hil.core import (
     IovaRange,
     UnsafeModeError,
     VfioError,
+    available_backends,
     choose_backend,
     open_iommu,
     uapi,
@@ -94,6 +95,24 @@ def test_open_iommu_without_any_vfio_node(tmp_path: Path) -> None:
             iommufd_path=str(tmp_path / "iommu"),
             cdev_dir=str(tmp_path / "devices"),
         )
+
+
+def test_available_backends_says_which_iommufd_node_is_missing_and_when_it_appears(
+    tmp_path: Path,
+) -> None:
+    # /dev/iommu comes with the iommufd module; the device cdevs only once vfio-pci binds one.
+    (tmp_path / "iommu").touch()
+    reasons = available_backends(
+        container_path=str(tmp_path / "vfio"),
+        iommufd_path=str(tmp_path / "iommu"),
+        cdev_dir=str(tmp_path / "devices"),
+    )
+    assert reasons["iommufd"].endswith(
+        "/dev/vfio/devices is missing; the device cdevs appear once vfio-pci binds a device (on "
+        "a kernel with CONFIG_VFIO_DEVICE_CDEV, and never for a no-IOMMU device)"
+    )
+    assert "only one of them" not in reasons["iommufd"]
+    assert all("no /dev/vfio/vfio" in reasons[n] for n in ("type1v2", "type1", "noiommu"))
 
 
 BDF = "0000:00:04.0"
