@@ -46,7 +46,9 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     )
     build.add_argument("--key", type=Path, required=True, help="the Ed25519 private key (PEM)")
     build.add_argument("--out", type=Path, help="the bundle folder (default: RUN/cert-PROFILE)")
-    build.add_argument("--hosts", help="certify the devices of these hosts only (comma-separated)")
+    build.add_argument(
+        "--hosts", help="certify the devices of these hosts only (comma-separated)"
+    )
     build.add_argument("--force", action="store_true", help="replace an existing bundle")
     verify = actions.add_parser("verify", help="verify a bundle offline")
     verify.add_argument("bundle", type=Path, metavar="BUNDLE", help="its folder or .tar.gz")

@@ -93,11 +93,8 @@ class Profile(BaseModel):
 
 def _is_check_id(text: str) -> bool:
     area, _, number = text.partition("-")
-    return (
-        area.isalpha()
-        and area.isupper()
-        and 2 <= len(area) <= 5
-        and (len(number) == 3 and number.isdigit())
+    return area.isalpha() and area.isupper() and 2 <= len(area) <= 5 and (
+        len(number) == 3 and number.isdigit()
     )
 
 

@@ -333,13 +333,6 @@ def _figures(rule: CheckRule, records: list[Record]) -> list[dict[str, Any]]:
         for f in r.get("figures") or []:
             if any(fnmatch.fnmatchcase(f["name"], p) for p in rule.figures):
                 better = "higher" if f.get("higher_is_better", True) else "lower"
-                shown.append(
-                    {
-                        "check_id": r["check_id"],
-                        "name": f["name"],
-                        "value": f["value"],
-                        "unit": f["unit"],
-                        "better": better,
-                    }
-                )
+                shown.append({"check_id": r["check_id"], "name": f["name"],
+                              "value": f["value"], "unit": f["unit"], "better": better})
     return shown

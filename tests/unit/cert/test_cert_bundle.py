@@ -56,18 +56,8 @@ def _all_files(folder: Path) -> list[str]:
 
 def test_a_bundle_holds_what_a_third_party_needs_and_verifies(built, keys) -> None:
     names = _all_files(built.folder)
-    for name in (
-        "report.html",
-        "report.pdf",
-        "results.json",
-        "junit.xml",
-        "inventory.yml",
-        "platform.json",
-        "profile.json",
-        "certification.json",
-        MANIFEST,
-        ENVELOPE,
-    ):
+    for name in ("report.html", "report.pdf", "results.json", "junit.xml", "inventory.yml",
+                 "platform.json", "profile.json", "certification.json", MANIFEST, ENVELOPE):
         assert name in names  # fmt: skip
     assert any(n.startswith("evidence/") for n in names)
     facts = json.loads((built.folder / "platform.json").read_text())["hosts"]["vdut0"]

@@ -46,7 +46,9 @@ def test_vfio_cert_1_reports_perf_figures() -> None:
         ({"version": 0}, "version"),
     ],
 )
-def test_a_malformed_profile_is_one_line_naming_the_problem(change: dict, message: str) -> None:
+def test_a_malformed_profile_is_one_line_naming_the_problem(
+    change: dict, message: str
+) -> None:
     with pytest.raises(CertError, match=message) as err:
         profile(**change)
     assert "\n" not in str(err.value)
