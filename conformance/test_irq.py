@@ -176,17 +176,26 @@ def test_interrupt_remapping_enforced(dut_host: HostSession, evidence: Any) -> N
     inject arbitrary interrupts into the host. vfio_iommu_type1 must therefore refuse
     VFIO_SET_IOMMU with EPERM on such a platform unless the administrator opted into unsafe
     interrupts, which this suite reports as not conformant; where remapping is enabled the
-    attach must succeed."""
+    attach must succeed. Devices in no-IOMMU groups have no IOMMU to attach to: PLAT-001
+    and PLAT-003 report them."""
     facts = dut_host.platform.get("devices", {})
+    noiommu = dut_host.noiommu_devices()
     bdf = next(
         (
             d.bdf
             for d in dut_host.devices
             if facts.get(d.bdf, {}).get("iommu_group") is not None
             and facts.get(d.bdf, {}).get("driver") == "vfio-pci"
+            and d.bdf not in noiommu
         ),
         None,
     )
+    if bdf is None and noiommu:
+        skip(
+            "covered",
+            f"the devices of {dut_host.name} are in no-IOMMU groups ({', '.join(noiommu)}): "
+            "there is no IOMMU for type1 to attach them to (PLAT-001, PLAT-003)",
+        )
     if bdf is None:
         skip("covered", f"no device of {dut_host.name} is in an IOMMU group on vfio-pci (PLAT-001)")
     remap = dut_host.platform["interrupt_remapping"]

@@ -149,7 +149,8 @@ def test_group_membership(dut_host: HostSession, evidence: Any) -> None:
     test and the driver of each member; the check fails when a member is on any driver but
     vfio-pci (or a vfio-pci variant), pci-stub or pcieport, or on none, and when the kernel
     says PCIe ACS overrides are enabled (the out-of-tree ``pcie_acs_override``): then groups
-    no longer tell which devices are isolated from each other."""
+    no longer tell which devices are isolated from each other. A no-IOMMU group (VFIO's
+    no-IOMMU mode) isolates nothing and is not judged: PLAT-001 and PLAT-003 report it."""
     override = dut_host.iommu_state().log.get("acs_override", [])
     evidence.add("acs_override", override)
     assert not override, (
@@ -164,7 +165,16 @@ def test_group_membership(dut_host: HostSession, evidence: Any) -> None:
             for bdf, s in states.items()
         },
     )
-    grouped = {bdf: s for bdf, s in states.items() if s["iommu_group"] is not None}
+    noiommu = dut_host.noiommu_devices()
+    grouped = {
+        bdf: s for bdf, s in states.items() if s["iommu_group"] is not None and bdf not in noiommu
+    }
+    if not grouped and noiommu:
+        skip(
+            "covered",
+            f"the devices under test on {dut_host.name} are in no-IOMMU groups "
+            f"({', '.join(noiommu)}), which isolate nothing (PLAT-001, PLAT-003)",
+        )
     if not grouped:
         skip("covered", f"no device under test on {dut_host.name} is in an IOMMU group (PLAT-001)")
     foreign = sorted(

@@ -34,8 +34,8 @@ MODELS: Dict[Tuple[int, int], str] = {
     (0x1B36, 0x0010): "nvme",
     (0x1B36, 0x0005): "testdev",
 }
-#: Backends the device tests run under; no-IOMMU mode has no DMA mapping to test and is
-#: covered by the unit tests of the backend choice.
+#: Backends the device tests run under; no-IOMMU mode has no DMA mapping to test: it is
+#: covered by test_noiommu.py (on a DUT in that mode) and the unit tests of the backend choice.
 DEVICE_BACKENDS = [name for name in BACKENDS if name != "noiommu"]
 
 

@@ -19,7 +19,7 @@ from .container import CONTAINER_PATH, Container
 from .device import VFIO_CDEV_DIR, Device
 from .dma import DmaBuffer
 from .errors import BackendUnavailableError, UnsafeModeError
-from .group import VFIO_DEV_DIR, Group
+from .group import VFIO_DEV_DIR, Group, group_node
 from .handle import Closing, Owned, Registry
 from .iommufd import IOMMUFD_PATH, Ioas, Iommufd
 from .iommufd import map_flags as iommufd_map_flags
@@ -34,6 +34,8 @@ _CONTAINER_TYPES: Dict[str, int] = {
 }
 
 _RW = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
+#: How a caller asks for no-IOMMU mode by name, as the refusals say.
+ASK_NOIOMMU = "open_iommu('noiommu') or open_iommu(allow_noiommu=True)"
 #: The device id GET_PCI_HOT_RESET_INFO reports, with VFIO_PCI_HOT_RESET_FLAG_DEV_ID, for an
 #: affected device the caller's iommufd does not own (VFIO_PCI_DEVID_NOT_OWNED, -1 as __u32).
 _DEVID_NOT_OWNED = 0xFFFF_FFFF
@@ -206,13 +208,18 @@ class ContainerBackend(IommuBackend):
         container: Container,
         name: str,
         *,
+        allow_noiommu: bool = False,
         dev_dir: str = VFIO_DEV_DIR,
         sysfs_root: str = "/",
     ) -> None:
+        """``allow_noiommu``: a container not yet given an IOMMU model may become a
+        no-IOMMU one (``name`` turns ``"noiommu"``) when the first group opened is a
+        no-IOMMU group; without it such a group is refused (:class:`UnsafeModeError`)."""
         if name not in _CONTAINER_TYPES:
             raise ValueError(f"container backend must be one of {tuple(_CONTAINER_TYPES)}")
         super().__init__()
         self.name = name
+        self.allow_noiommu = allow_noiommu
         self.container = container
         self._dev_dir = dev_dir
         self._sysfs_root = sysfs_root
@@ -242,11 +249,15 @@ class ContainerBackend(IommuBackend):
             ioctl_fn=self.container._ioctl_fn,
         )
         try:
-            if group.noiommu != (self.name == "noiommu"):
+            if group.noiommu and self.name != "noiommu":
+                if not self.allow_noiommu or self.container.iommu_type is not None:
+                    raise UnsafeModeError(noiommu_refusal(bdf, number, self.name))
+                # Asked for by name, and nothing has chosen the container's model yet.
+                self.name = "noiommu"
+            elif not group.noiommu and self.name == "noiommu":
                 raise UnsafeModeError(
-                    f"{bdf}: group {number} is {'a' if group.noiommu else 'not a'} no-IOMMU "
-                    f"group, the backend is {self.name}"
-                    + (" (open the backend with 'noiommu' to use it)" if group.noiommu else "")
+                    f"{bdf}: group {number} is not a no-IOMMU group, the backend is noiommu "
+                    "(open another backend for it)"
                 )
             group.set_container(self.container)
             if self.container.iommu_type is None:
@@ -320,9 +331,11 @@ class IommufdBackend(IommuBackend):
         iommufd_path: str = IOMMUFD_PATH,
         *,
         cdev_dir: str = VFIO_CDEV_DIR,
+        dev_dir: str = VFIO_DEV_DIR,
         sysfs_root: str = "/",
         ioctl_fn: uapi.IoctlFn = uapi.ioctl_raw,
     ) -> None:
+        """``dev_dir`` holds the group nodes, which tell a no-IOMMU device (refused)."""
         super().__init__()
         self.iommufd = Iommufd(iommufd_path, ioctl_fn=ioctl_fn)
         try:
@@ -331,9 +344,27 @@ class IommufdBackend(IommuBackend):
             self.iommufd.close()
             raise
         self._cdev_dir = cdev_dir
+        self._dev_dir = dev_dir
         self._sysfs_root = sysfs_root
 
     def _attach(self, bdf: str) -> Device:
+        try:
+            number: Optional[int] = sysfs.iommu_group(bdf, self._sysfs_root)
+        except FileNotFoundError:
+            number = None  # open_cdev says what is missing
+        if number is not None and group_node(number, self._dev_dir)[1]:
+            # The kernel gives a no-IOMMU device no cdev (its vfio-dev entry has no dev_t),
+            # so only the container's no-IOMMU model can open it.
+            raise UnsafeModeError(
+                noiommu_refusal(
+                    bdf,
+                    number,
+                    self.name,
+                    "iommufd cannot open it (the kernel gives no-IOMMU devices no VFIO device "
+                    "cdev); to use it anyway ask for the container's no-IOMMU mode by name: "
+                    "open_iommu('noiommu')",
+                )
+            )
         device = Device.open_cdev(
             bdf,
             dev_dir=self._cdev_dir,
@@ -408,6 +439,18 @@ class IommufdBackend(IommuBackend):
             self.iommufd.close()
 
 
+def noiommu_refusal(bdf: str, group: int, backend: str, how: str = "") -> str:
+    """Why ``backend`` refuses ``bdf``, whose ``group`` is a no-IOMMU group, and how to ask
+    for no-IOMMU mode by name (``how``, by default :data:`ASK_NOIOMMU`): one message, for
+    :class:`UnsafeModeError`."""
+    return (
+        f"{bdf}: group {group} is a no-IOMMU group (/dev/vfio/noiommu-{group}: VFIO no-IOMMU "
+        "mode, vfio.enable_unsafe_noiommu_mode=1): nothing isolates the device's DMA, so the "
+        f"{backend} backend refuses it; "
+        + (how or f"to use it anyway ask for no-IOMMU mode by name: {ASK_NOIOMMU}")
+    )
+
+
 def choose_backend(
     requested: str,
     *,
@@ -428,10 +471,7 @@ def choose_backend(
         raise ValueError(f"IOMMU backend must be 'auto' or one of {BACKENDS}, not {requested!r}")
     if requested == "iommufd" or (requested == "auto" and iommufd and cdev):
         if not (iommufd and cdev):
-            raise BackendUnavailableError(
-                "iommufd backend needs /dev/iommu and VFIO device cdevs (/dev/vfio/devices): "
-                f"this kernel has {'neither' if not (iommufd or cdev) else 'only one of them'}"
-            )
+            raise BackendUnavailableError(iommufd_missing(iommufd=iommufd, cdev=cdev))
         return "iommufd"
     ext_names = {
         "type1v2": "VFIO_TYPE1v2_IOMMU",
@@ -453,13 +493,30 @@ def choose_backend(
             return "noiommu"
         raise UnsafeModeError(
             "the kernel only offers VFIO no-IOMMU mode (vfio.enable_unsafe_noiommu_mode=1): "
-            "devices are not isolated; request backend 'noiommu' or allow_noiommu=True to "
-            "use it anyway"
+            f"devices are not isolated; to use it anyway: {ASK_NOIOMMU}"
         )
     raise BackendUnavailableError(
         "no IOMMU backend: no /dev/iommu with device cdevs and no VFIO container IOMMU driver"
         + ("" if extensions else " (no /dev/vfio/vfio)")
     )
+
+
+def iommufd_missing(*, iommufd: bool, cdev: bool) -> str:
+    """Why the iommufd backend cannot be opened, given whether /dev/iommu and
+    /dev/vfio/devices exist (not both). Neither node says the kernel lacks anything by its
+    absence alone: /dev/iommu comes with the iommufd module, the device cdevs with a device
+    bound to vfio-pci."""
+    needs = "iommufd backend needs /dev/iommu and VFIO device cdevs (/dev/vfio/devices)"
+    cdevs = (
+        "the device cdevs appear once vfio-pci binds a device (on a kernel with "
+        "CONFIG_VFIO_DEVICE_CDEV, and never for a no-IOMMU device)"
+    )
+    iommu = "/dev/iommu appears once the iommufd module is loaded (CONFIG_IOMMUFD)"
+    if iommufd:
+        return f"{needs}: /dev/vfio/devices is missing; {cdevs}"
+    if cdev:
+        return f"{needs}: /dev/iommu is missing; {iommu}"
+    return f"{needs}: both are missing; {iommu}, and {cdevs}"
 
 
 def open_iommu(
@@ -473,7 +530,10 @@ def open_iommu(
     sysfs_root: str = "/",
 ) -> IommuBackend:
     """Open an IOMMU context: ``backend`` ``"auto"`` (see :func:`choose_backend`) or one of
-    :data:`BACKENDS`. The paths only move the device nodes (tests)."""
+    :data:`BACKENDS`. With ``allow_noiommu``, an ``"auto"`` container whose first device is
+    in a no-IOMMU group takes the no-IOMMU model (:class:`ContainerBackend`); without it, or
+    ``backend="noiommu"``, no-IOMMU devices are refused. The paths only move the device
+    nodes (tests)."""
     have_iommufd = os.path.exists(iommufd_path)
     have_cdev = os.path.isdir(cdev_dir)
     container: Optional[Container] = None
@@ -490,9 +550,17 @@ def open_iommu(
         if name == "iommufd":
             if container is not None:
                 container.close()
-            return IommufdBackend(iommufd_path, cdev_dir=cdev_dir, sysfs_root=sysfs_root)
+            return IommufdBackend(
+                iommufd_path, cdev_dir=cdev_dir, dev_dir=dev_dir, sysfs_root=sysfs_root
+            )
         assert container is not None
-        return ContainerBackend(container, name, dev_dir=dev_dir, sysfs_root=sysfs_root)
+        return ContainerBackend(
+            container,
+            name,
+            allow_noiommu=allow_noiommu and backend == "auto",
+            dev_dir=dev_dir,
+            sysfs_root=sysfs_root,
+        )
     except BaseException:
         if container is not None:
             container.close()

@@ -121,14 +121,21 @@ class HostSession:
     def vfio_unusable(self, bdf: str) -> Unusable | None:
         """Why VFIO cannot drive ``bdf`` on this platform at all, or None when it can.
 
-        Covers what platform checks report (no IOMMU, no IOMMU group, interrupt remapping
-        missing), so device checks can SKIP there instead of FAILing for a guarantee not
-        theirs. Judged by the domain VFIO gets, not by the host drivers' default domains:
-        with ``iommu=pt`` those are identity, and VFIO still isolates.
+        Covers what platform checks report (no IOMMU, no IOMMU group or a no-IOMMU group,
+        interrupt remapping missing), so device checks can SKIP there instead of FAILing for
+        a guarantee not theirs. Judged by the domain VFIO gets, not by the host drivers'
+        default domains: with ``iommu=pt`` those are identity, and VFIO still isolates.
         """
+        facts = self.platform.get("devices", {}).get(bdf)
+        # First: the library refuses a no-IOMMU group unless asked for it by name.
+        if facts is not None and facts.get("noiommu_group"):
+            return Unusable(
+                "covered",
+                f"{bdf} is in no-IOMMU group {facts['iommu_group']} on {self.name}: nothing "
+                "isolates its DMA (PLAT-001, PLAT-003)",
+            )
         if self.platform.get("iommu", {}).get("kind") == "none":
             return Unusable("covered", f"no IOMMU on {self.name} (PLAT-001)")
-        facts = self.platform.get("devices", {}).get(bdf)
         if facts is None:
             return Unusable("lab", f"{bdf} is not present on {self.name}")
         if facts.get("iommu_group") is None:
@@ -152,6 +159,13 @@ class HostSession:
         if refusal.get("noiommu"):
             return Unusable("covered", f"{bdf} is in a no-IOMMU group on {self.name} (PLAT-001)")
         return None
+
+    def noiommu_devices(self) -> list[str]:
+        """The devices under test in no-IOMMU groups (vfio-pci made them in VFIO's no-IOMMU
+        mode): in a group, yet isolated by nothing, so no check of groups or of IOMMU
+        behaviour can judge them."""
+        facts = self.platform.get("devices", {})
+        return [d.bdf for d in self.devices if facts.get(d.bdf, {}).get("noiommu_group")]
 
     def vfio_domain(self, bdf: str) -> VfioDomain:
         """The domain a VFIO IOMMU context gets for ``bdf``'s group (asked once per run)."""

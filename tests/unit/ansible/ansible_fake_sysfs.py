@@ -46,6 +46,8 @@ class FakeSysfs:
         self.natural: dict[str, str] = {}
         # Drivers whose probe fails, to exercise the verification paths.
         self.refusing: set[str] = set()
+        # Devices vfio-pci gave a no-IOMMU group (set_noiommu_mode), by group number.
+        self.noiommu_groups: dict[str, int] = {}
 
     def add_driver(self, name: str) -> None:
         """Register a PCI driver directory with its bind/unbind files."""
@@ -91,6 +93,14 @@ class FakeSysfs:
             self.natural[bdf] = driver
             self._link(bdf, driver)
 
+    def set_noiommu_mode(self, on: bool = True) -> None:
+        """Load vfio with enable_unsafe_noiommu_mode: vfio-pci then gives a device in no
+        IOMMU group a no-IOMMU group of its own when it binds it, and removes it when it lets
+        the device go."""
+        params = self.root / "sys/module/vfio/parameters"
+        params.mkdir(parents=True, exist_ok=True)
+        (params / "enable_unsafe_noiommu_mode").write_text("Y\n" if on else "N\n")
+
     def add_acpi_table(self, name: str, data: bytes) -> None:
         """Publish an ACPI table under /sys/firmware/acpi/tables as ``name``."""
         tables = self.root / "sys/firmware/acpi/tables"
@@ -112,7 +122,29 @@ class FakeSysfs:
     def _probe(self, bdf: str, driver: str) -> None:
         if driver in self.refusing:
             raise OSError(errno.ENODEV, "probe failed")
+        path = self.pci / "devices" / bdf
+        param = self.root / "sys/module/vfio/parameters/enable_unsafe_noiommu_mode"
+        noiommu = param.is_file() and param.read_text().strip() == "Y"
+        if driver == "vfio-pci" and not (path / "iommu_group").is_symlink() and noiommu:
+            groups = self.root / "sys/kernel/iommu_groups"
+            number = max((int(g.name) for g in groups.iterdir()), default=-1) + 1
+            (groups / str(number) / "devices").mkdir(parents=True)
+            (groups / str(number) / "devices" / bdf).symlink_to(path)
+            (groups / str(number) / "name").write_text("vfio-noiommu\n")
+            (path / "iommu_group").symlink_to(groups / str(number))
+            self.noiommu_groups[bdf] = number
         self._link(bdf, driver)
+
+    def _unlink(self, bdf: str) -> None:
+        (self.pci / "devices" / bdf / "driver").unlink()
+        number = self.noiommu_groups.pop(bdf, None)
+        if number is not None:
+            group = self.root / "sys/kernel/iommu_groups" / str(number)
+            (self.pci / "devices" / bdf / "iommu_group").unlink()
+            (group / "devices" / bdf).unlink()
+            (group / "devices").rmdir()
+            (group / "name").unlink()
+            group.rmdir()
 
     def write(self, path: str, value: str) -> None:
         """Apply a sysfs write the way the kernel would."""
@@ -124,7 +156,7 @@ class FakeSysfs:
         elif parts[0] == "drivers" and parts[2] == "unbind":
             if self.driver_of(value) != parts[1]:
                 raise OSError(errno.ENODEV, "not bound to this driver")
-            (self.pci / "devices" / value / "driver").unlink()
+            self._unlink(value)
         elif parts[0] == "drivers" and parts[2] == "bind":
             override = self.override_of(value)
             if self.driver_of(value) is not None:

@@ -101,6 +101,7 @@ def test_gather_platform_on_vm_like_tree(facts_mod: ModuleType, vm_sysfs: FakeSy
         "dsn": None,
         "driver": "nvme",
         "iommu_group": 5,
+        "noiommu_group": False,
         "is_bridge": False,
     }
     assert platform["devices"]["0000:00:04.0"]["driver"] is None
@@ -126,6 +127,7 @@ def test_gather_platform_without_iommu_or_vfio(
     assert platform["iommu"]["kind"] == "none"
     assert platform["iommu"]["group_count"] == 0
     assert platform["devices"]["0000:00:04.0"]["iommu_group"] is None
+    assert platform["devices"]["0000:00:04.0"]["noiommu_group"] is False
     assert platform["interrupt_remapping"] == {"enabled": False, "evidence": []}
     assert platform["vfio_params"] == {}
     assert platform["vfio_loaded"] is False
@@ -248,3 +250,14 @@ def test_cpu_model_is_the_first_model_name(
     facts_mod: ModuleType, cpuinfo: str, model: str | None
 ) -> None:
     assert facts_mod.cpu_model(cpuinfo) == model
+
+
+def test_a_group_vfio_made_in_no_iommu_mode_is_told_apart(
+    facts_mod: ModuleType, fake_sysfs: FakeSysfs
+) -> None:
+    fake_sysfs.add_device("0000:00:04.0", group=0)
+    fake_sysfs.add_device("0000:00:06.0", group=1)
+    (fake_sysfs.root / "sys/kernel/iommu_groups/0/name").write_text("vfio-noiommu\n")
+    devices = facts_mod.gather_platform(str(fake_sysfs.root))["devices"]
+    assert devices["0000:00:04.0"]["noiommu_group"] is True
+    assert devices["0000:00:06.0"]["noiommu_group"] is False

@@ -65,6 +65,7 @@ def test_bound_records_originals_before_changing(
         },
         "groups": {EDU: 3, NVME: 5},
         "ungrouped": [],
+        "noiommu": [],
         "released": [],
     }
     assert vm_sysfs.driver_of(EDU) == vm_sysfs.driver_of(NVME) == "vfio-pci"
@@ -331,6 +332,55 @@ def test_ungrouped_devices_are_skipped_when_asked(
     assert result["ungrouped"] == ["0000:00:09.0"]
     assert "0000:00:09.0" not in result["bindings"]
     assert result["bindings"][EDU]["driver"] == "vfio-pci"
+
+
+def test_in_no_iommu_mode_ungrouped_devices_get_a_no_iommu_group_and_go_back(
+    bind_mod: ModuleType, vm_sysfs: FakeSysfs, journal: Path
+) -> None:
+    vm_sysfs.add_device("0000:00:09.0", driver="nvme")
+    vm_sysfs.add_device("0000:00:0a.0")
+    vm_sysfs.set_noiommu_mode()
+    result = bind_mod.bind_devices(
+        ["0000:00:09.0", "0000:00:0a.0", EDU],
+        str(journal),
+        root=str(vm_sysfs.root),
+        writer=vm_sysfs.write,
+        skip_ungrouped=True,
+    )
+    assert result["ungrouped"] == [] and result["noiommu"] == ["0000:00:09.0", "0000:00:0a.0"]
+    numbers = vm_sysfs.noiommu_groups
+    assert len(set(numbers.values())) == 2
+    for bdf in ("0000:00:09.0", "0000:00:0a.0"):
+        assert result["groups"][bdf] == numbers[bdf]
+        assert result["bindings"][bdf]["driver"] == "vfio-pci"
+    assert journal_devices(journal)["0000:00:09.0"]["original_driver"] == "nvme"
+    # A holder of a no-IOMMU group's node is found by restore like any other.
+    _holding(vm_sysfs, 4242, f"/dev/vfio/noiommu-{numbers['0000:00:09.0']}")
+    killed: list[int] = []
+    restored = bind_mod.restore_devices(
+        str(journal), root=str(vm_sysfs.root), writer=vm_sysfs.write,
+        killer=_reaper(vm_sysfs, killed),
+    )  # fmt: skip
+    assert killed == [4242] and restored["failures"] == {}
+    assert vm_sysfs.driver_of("0000:00:09.0") == "nvme"
+    assert vm_sysfs.driver_of("0000:00:0a.0") is None
+    assert vm_sysfs.noiommu_groups == {}
+
+
+def test_no_iommu_mode_off_leaves_ungrouped_devices_alone(
+    bind_mod: ModuleType, vm_sysfs: FakeSysfs, journal: Path
+) -> None:
+    vm_sysfs.add_device("0000:00:09.0", driver="nvme")
+    vm_sysfs.set_noiommu_mode(False)
+    result = bind_mod.bind_devices(
+        ["0000:00:09.0"],
+        str(journal),
+        root=str(vm_sysfs.root),
+        writer=vm_sysfs.write,
+        skip_ungrouped=True,
+    )
+    assert result["ungrouped"] == ["0000:00:09.0"] and result["noiommu"] == []
+    assert vm_sysfs.driver_of("0000:00:09.0") == "nvme"
 
 
 def _holding(fake: FakeSysfs, pid: int, node: str, cmdline: str = "python3 -c agent") -> None:

@@ -20,6 +20,7 @@ from vfio_hil.core import (
     IovaRange,
     UnsafeModeError,
     VfioError,
+    available_backends,
     choose_backend,
     open_iommu,
     uapi,
@@ -66,8 +67,9 @@ def test_noiommu_is_never_chosen_silently() -> None:
 @pytest.mark.parametrize(
     ("requested", "iommufd", "cdev", "extensions", "message"),
     [
-        ("iommufd", False, False, V2, "neither"),
-        ("iommufd", True, False, V2, "only one of them"),
+        ("iommufd", False, False, V2, "both are missing"),
+        ("iommufd", True, False, V2, "/dev/vfio/devices is missing; the device cdevs appear "),
+        ("iommufd", False, True, V2, "/dev/iommu is missing; /dev/iommu appears once the"),
         ("type1v2", False, False, V1, "does not offer VFIO_TYPE1v2_IOMMU"),
         ("noiommu", False, False, V2, "does not offer VFIO_NOIOMMU_IOMMU"),
         ("auto", False, False, {}, "no /dev/vfio/vfio"),
@@ -93,6 +95,24 @@ def test_open_iommu_without_any_vfio_node(tmp_path: Path) -> None:
             iommufd_path=str(tmp_path / "iommu"),
             cdev_dir=str(tmp_path / "devices"),
         )
+
+
+def test_available_backends_says_which_iommufd_node_is_missing_and_when_it_appears(
+    tmp_path: Path,
+) -> None:
+    # /dev/iommu comes with the iommufd module; the device cdevs only once vfio-pci binds one.
+    (tmp_path / "iommu").touch()
+    reasons = available_backends(
+        container_path=str(tmp_path / "vfio"),
+        iommufd_path=str(tmp_path / "iommu"),
+        cdev_dir=str(tmp_path / "devices"),
+    )
+    assert reasons["iommufd"].endswith(
+        "/dev/vfio/devices is missing; the device cdevs appear once vfio-pci binds a device (on "
+        "a kernel with CONFIG_VFIO_DEVICE_CDEV, and never for a no-IOMMU device)"
+    )
+    assert "only one of them" not in reasons["iommufd"]
+    assert all("no /dev/vfio/vfio" in reasons[n] for n in ("type1v2", "type1", "noiommu"))
 
 
 BDF = "0000:00:04.0"
@@ -268,9 +288,49 @@ def test_group_kind_must_match_the_backend(
         with pytest.raises(UnsafeModeError, match="no-IOMMU group") as info:
             backend.open_device(BDF)
         assert backend.groups == {}
-        assert ("open the backend with 'noiommu'" in str(info.value)) == noiommu
+        assert ("open_iommu('noiommu') or open_iommu(allow_noiommu=True)" in str(info.value)) == (
+            noiommu
+        )
+        assert backend.name == name
     assert "VFIO_GROUP_SET_CONTAINER" not in kernel.names()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_no_iommu_group_asked_for_by_name_makes_a_no_iommu_container(
+    tmp_path: Path, kernel: LegacyKernel
+) -> None:
+    fake_pci_device(tmp_path, BDF, group=3, noiommu=True)
+    container = Container(str(tmp_path / "dev/vfio/vfio"), ioctl_fn=kernel)
+    with ContainerBackend(
+        container,
+        "type1v2",
+        allow_noiommu=True,
+        dev_dir=str(tmp_path / "dev/vfio"),
+        sysfs_root=str(tmp_path),
+    ) as backend:
+        backend.open_device(BDF)
+        assert backend.name == "noiommu"
+        assert kernel.last("VFIO_SET_IOMMU").arg == uapi.VFIO_NOIOMMU_IOMMU
+        assert kernel.last("VFIO_GROUP_SET_CONTAINER").node == "noiommu-3"
+
+
+def test_allow_noiommu_does_not_turn_a_container_that_has_a_model(
+    tmp_path: Path, kernel: LegacyKernel
+) -> None:
+    fake_pci_device(tmp_path, BDF, group=3)
+    fake_pci_device(tmp_path, "0000:00:05.0", group=4, noiommu=True)
+    container = Container(str(tmp_path / "dev/vfio/vfio"), ioctl_fn=kernel)
+    with ContainerBackend(
+        container,
+        "type1v2",
+        allow_noiommu=True,
+        dev_dir=str(tmp_path / "dev/vfio"),
+        sysfs_root=str(tmp_path),
+    ) as backend:
+        backend.open_device(BDF)
+        with pytest.raises(UnsafeModeError, match="group 4 is a no-IOMMU group"):
+            backend.open_device("0000:00:05.0")
+        assert backend.name == "type1v2" and list(backend.groups) == [3]
 
 
 def test_a_failed_set_iommu_releases_the_group(

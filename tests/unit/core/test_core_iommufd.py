@@ -19,6 +19,7 @@ from vfio_hil.core import (
     Iommufd,
     IommufdBackend,
     IovaRange,
+    UnsafeModeError,
     VfioError,
     uapi,
 )
@@ -306,6 +307,23 @@ def test_a_failed_attach_closes_the_device(
     with pytest.raises(VfioError, match="VFIO_DEVICE_ATTACH_IOMMUFD_PT"):
         backend.open_device(BDF)
     assert backend._devices == []
+
+
+def test_a_no_iommu_device_is_refused_before_its_cdev(tmp_path: Path, kernel: FakeKernel) -> None:
+    # The kernel lists a no-IOMMU device's vfio-dev entry but gives it no cdev node.
+    fake_pci_device(tmp_path, BDF, group=3, noiommu=True)
+    (tmp_path / "sys/devices/pci0000:00" / BDF / "vfio-dev/vfio0").mkdir(parents=True)
+    with IommufdBackend(
+        str(tmp_path / "dev/iommu"),
+        cdev_dir=str(tmp_path / "dev/vfio/devices"),
+        dev_dir=str(tmp_path / "dev/vfio"),
+        sysfs_root=str(tmp_path),
+        ioctl_fn=kernel,
+    ) as backend:
+        with pytest.raises(UnsafeModeError, match=r"no VFIO device cdev.*open_iommu\('noiommu'\)"):
+            backend.open_device(BDF)
+        assert backend._devices == []
+    assert "VFIO_DEVICE_BIND_IOMMUFD" not in kernel.names()
 
 
 def test_device_without_cdev_is_reported(tmp_path: Path) -> None:

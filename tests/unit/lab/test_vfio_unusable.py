@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from vfio_hil.lab.inventory import Host
+from vfio_hil.lab.inventory import DutDevice, Host
 from vfio_hil.lab.session import HostSession, Unusable
 
 BDF = "0000:3b:00.0"
@@ -49,6 +49,12 @@ def _unusable(
         (_unusable(device={**DEVICE, "iommu_group": None}), "covered", "PLAT-001"),
         (_unusable(refusal={"ioctl": "VFIO_SET_IOMMU", "errno": 1}), "covered", "PLAT-002"),
         (_unusable(refusal={"noiommu": True}), "covered", "PLAT-001"),
+        (_unusable(device={**DEVICE, "noiommu_group": True}), "covered", "PLAT-001, PLAT-003"),
+        (
+            _unusable(iommu="none", device={**DEVICE, "noiommu_group": True}),
+            "covered",
+            "PLAT-001, PLAT-003",
+        ),
         (_unusable(device=None), "lab", None),
         (_unusable(device={**DEVICE, "driver": "nvme"}), "lab", None),
     ],
@@ -61,3 +67,18 @@ def test_each_cause_has_its_kind(unusable: Unusable | None, kind: str, check: st
 
 def test_a_device_vfio_attaches_is_usable() -> None:
     assert _unusable() is None
+
+
+def test_noiommu_devices_are_the_devices_under_test_in_no_iommu_groups() -> None:
+    devices = [DutDevice("lab-3", bdf, "edu") for bdf in (BDF, "0000:3c:00.0", "0000:3d:00.0")]
+    facts = {
+        "iommu": {"kind": "none"},
+        "devices": {
+            BDF: {**DEVICE, "noiommu_group": True},
+            "0000:3c:00.0": {**DEVICE, "iommu_group": 13, "noiommu_group": False},
+            "0000:3d:00.0": {**DEVICE, "iommu_group": None},
+            "0000:3e:00.0": {**DEVICE, "iommu_group": 14, "noiommu_group": True},  # not tested
+        },
+    }
+    session = HostSession(Host("lab-3", {}, None), facts, Channel(None), devices=devices)
+    assert session.noiommu_devices() == [BDF]

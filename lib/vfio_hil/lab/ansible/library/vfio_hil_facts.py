@@ -52,7 +52,8 @@ platform:
     without /sys/firmware/acpi/tables}, iommu {kind, units,
     group_count, default_domain_types}, interrupt_remapping {enabled,
     evidence}, iommu_groups, devices {vendor, device, subsystem_vendor,
-    subsystem_device, class, revision, dsn, driver, iommu_group, is_bridge},
+    subsystem_device, class, revision, dsn, driver, iommu_group,
+    noiommu_group, is_bridge},
     vfio_params, vfio_loaded, dev_vfio.
   returned: always
   type: dict
@@ -66,6 +67,8 @@ fio:
   type: bool
 """
 
+#: The name vfio gives the IOMMU group it makes for a device in no-IOMMU mode.
+NOIOMMU_GROUP_NAME = "vfio-noiommu"
 BDF_RE = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):"
     r"(?P<slot>[0-9a-fA-F]{2})\.(?P<func>[0-7])$"
@@ -242,7 +245,8 @@ def read_devices(root: str) -> dict[str, dict[str, Any]]:
     """Describe every PCI device: what it says it is (vendor, device, subsystem vendor and
     device IDs, class code, revision, as sysfs shows the config space's registers, and its
     PCIe Device Serial Number from the extended config space), bound driver and IOMMU
-    group."""
+    group, and whether that group is a no-IOMMU group (``noiommu_group``: vfio-pci made it in
+    VFIO's no-IOMMU mode, named ``vfio-noiommu``; it isolates nothing)."""
     base = os.path.join(root, "sys/bus/pci/devices")
     devices: dict[str, dict[str, Any]] = {}
     for bdf in list_dir(base):
@@ -261,6 +265,9 @@ def read_devices(root: str) -> dict[str, dict[str, Any]]:
             ),
             "driver": link_name(os.path.join(path, "driver")),
             "iommu_group": int(group) if group is not None and group.isdigit() else None,
+            "noiommu_group": group is not None
+            and read_text(os.path.join(root, "sys/kernel/iommu_groups", group, "name"))
+            == NOIOMMU_GROUP_NAME,
             "is_bridge": (pci_class or "").lower().startswith("0x0604"),
         }
     return devices

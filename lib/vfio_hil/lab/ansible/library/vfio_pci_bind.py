@@ -49,7 +49,10 @@ options:
     default: true
   skip_ungrouped:
     description: Leave devices that are in no IOMMU group alone (listed in C(ungrouped))
-      instead of failing; the checks then report the platform.
+      instead of failing; the checks then report the platform. In VFIO's no-IOMMU mode
+      (vfio.enable_unsafe_noiommu_mode=Y once vfio-pci is loaded) such devices are bound
+      instead (listed in C(noiommu)): vfio-pci gives each a no-IOMMU group of its own,
+      /dev/vfio/noiommu-N, which the library refuses unless asked for it by name.
     type: bool
     default: false
 """
@@ -74,6 +77,11 @@ groups:
   description: For state=bound, every bound device -> its IOMMU group number.
   returned: state=bound
   type: dict
+noiommu:
+  description: For state=bound, the requested devices that were in no IOMMU group and got
+    a no-IOMMU group from vfio-pci (VFIO's no-IOMMU mode is on).
+  returned: state=bound
+  type: list
 restored:
   description: For state=restored, every restored device -> {original_driver, driver}.
   returned: state=restored
@@ -90,6 +98,8 @@ released:
 """
 
 VFIO_DRIVER = "vfio-pci"
+#: The vfio module's switch of no-IOMMU mode ("Y" when on), once vfio is loaded.
+NOIOMMU_PARAM = "sys/module/vfio/parameters/enable_unsafe_noiommu_mode"
 JOURNAL_VERSION = 1
 DEFAULT_JOURNAL = "/var/lib/vfio-hil/bindings.json"
 BDF_RE = re.compile(
@@ -257,6 +267,16 @@ def ensure_vfio_driver(root: str, load_driver: Loader | None) -> None:
         raise BindError(f"the {VFIO_DRIVER} driver is not available (modprobe vfio-pci)")
 
 
+def noiommu_mode(root: str) -> bool:
+    """Whether VFIO's no-IOMMU mode is on: vfio-pci then gives a device in no IOMMU group a
+    no-IOMMU group of its own when it binds it (False while vfio is not loaded)."""
+    try:
+        with open(os.path.join(root, NOIOMMU_PARAM), encoding="ascii") as handle:
+            return handle.read().strip() == "Y"
+    except FileNotFoundError:
+        return False
+
+
 def bind_one(root: str, bdf: str, writer: Writer) -> bool:
     """Move one device to vfio-pci; return whether anything was written."""
     changed = False
@@ -281,13 +301,13 @@ def bind_one(root: str, bdf: str, writer: Writer) -> bool:
 
 
 def vfio_nodes(root: str, bdfs: list[str]) -> set[str]:
-    """The VFIO nodes through which ``bdfs`` can be held: their groups' ``/dev/vfio/N`` and
-    their device cdevs ``/dev/vfio/devices/vfioN``."""
+    """The VFIO nodes through which ``bdfs`` can be held: their groups' ``/dev/vfio/N`` (or
+    ``/dev/vfio/noiommu-N``) and their device cdevs ``/dev/vfio/devices/vfioN``."""
     nodes = set()
     for bdf in bdfs:
         group = iommu_group(root, bdf)
         if group is not None:
-            nodes.add(f"/dev/vfio/{group}")
+            nodes.update((f"/dev/vfio/{group}", f"/dev/vfio/noiommu-{group}"))
         cdevs = os.path.join(device_dir(root, bdf), "vfio-dev")
         if os.path.isdir(cdevs):
             nodes.update(f"/dev/vfio/devices/{name}" for name in os.listdir(cdevs))
@@ -361,11 +381,19 @@ def bind_devices(
     """Bind ``devices`` and the rest of their IOMMU groups to vfio-pci.
 
     ``load_driver(name)`` is called to load vfio-pci when its driver directory
-    is missing. Returns {"changed", "bindings", "groups", "ungrouped"}; raises BindError.
+    is missing. With ``skip_ungrouped``, a device in no IOMMU group is left alone, unless
+    VFIO's no-IOMMU mode is on: then it is bound too, and gets a no-IOMMU group. Returns
+    {"changed", "bindings", "groups", "ungrouped", "noiommu", "released"}; raises BindError.
     """
     requested = sorted({normalize_bdf(bdf) for bdf in devices})
     requested_groups, ungrouped = check_requested(root, requested, skip_ungrouped)
     ensure_vfio_driver(root, load_driver)
+    # Known only now that vfio-pci (so vfio) is loaded.
+    noiommu = ungrouped if ungrouped and noiommu_mode(root) else []
+    ungrouped = [bdf for bdf in ungrouped if bdf not in noiommu]
+    bridges = [bdf for bdf in noiommu if is_bridge(root, bdf)]
+    if bridges:
+        raise BindError(f"device {bridges[0]} is a PCI bridge; vfio-pci cannot bind bridges")
 
     groups: dict[str, int] = {}
     for group in sorted(set(requested_groups.values())):
@@ -378,7 +406,7 @@ def bind_devices(
     # A journal left over means a run died on this host; what it left holding our devices
     # would make the checks collide with it.
     released = release_holders(root, sorted(journal), killer) if journal else []
-    unrecorded = [bdf for bdf in groups if bdf not in journal]
+    unrecorded = [bdf for bdf in [*groups, *noiommu] if bdf not in journal]
     for bdf in unrecorded:
         # Only first sightings are recorded: after a crash mid-bind the device
         # may already be on vfio-pci, and that is not its true original.
@@ -391,17 +419,25 @@ def bind_devices(
 
     changed = bool(unrecorded)
     bindings: dict[str, dict[str, str | None]] = {}
-    for bdf in sorted(groups):
+    for bdf in sorted([*groups, *noiommu]):
         changed = bind_one(root, bdf, writer) or changed
         bindings[bdf] = {
             "original_driver": journal[bdf]["original_driver"],
             "driver": current_driver(root, bdf),
         }
+    for bdf in noiommu:
+        group = iommu_group(root, bdf)
+        if group is None:
+            raise BindError(
+                f"device {bdf} is on {VFIO_DRIVER} in no-IOMMU mode but got no IOMMU group"
+            )
+        groups[bdf] = group
     return {
         "changed": changed or bool(released),
         "bindings": bindings,
         "groups": groups,
         "ungrouped": ungrouped,
+        "noiommu": noiommu,
         "released": released,
     }
 
