@@ -26,13 +26,17 @@ TYPE1_RST = "Documentation/driver-api/vfio.rst: VFIO Usage Example"
 TYPE1_ONLY = ("type1v2",)
 
 
-def _cases(evidence: Any, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _cases(evidence: Any, backend: str, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep ``cases`` (:func:`vfio_hil.dut.mapping.run_case` results) as evidence, those not
-    applicable to the backend apart with why; return the cases whose answer was wrong."""
+    applicable to ``backend`` apart with why, and named in the record's reason (they are no
+    answer of the kernel); return the cases whose answer was wrong."""
     evidence.add("cases", [c for c in cases if c["ok"] is not None])
     not_applicable = {c["case"]: c["why"] for c in cases if c["ok"] is None}
     if not_applicable:
         evidence.add("not applicable", not_applicable)
+        evidence.note = f"not applicable under {backend} (the kernel is not asked): " + ", ".join(
+            not_applicable
+        )
     return [c for c in cases if c["ok"] is False]
 
 
@@ -43,7 +47,7 @@ def _run_table(
     was wrong."""
     r = dut_device.call("mapping.errno_table", bdf=dut_device.bdf, table=table, backend=backend)
     evidence.add("ioctls", r["ioctls"])
-    return _cases(evidence, r["cases"])
+    return _cases(evidence, backend, r["cases"])
 
 
 def _wrong(backend: str, bad: list[dict[str, Any]]) -> str:
@@ -158,7 +162,7 @@ def test_unmap_coverage(dut_device: DeviceLease, iommu_backend: str, evidence: A
     what the device can no longer reach."""
     r = dut_device.call("mapping.unmap_coverage", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("ioctls", r["ioctls"])
-    bad = _cases(evidence, r["empty"])
+    bad = _cases(evidence, iommu_backend, r["empty"])
     assert not bad, (
         f"{dut_device.bdf}: unmapping an empty range mishandled {_wrong(iommu_backend, bad)}"
     )

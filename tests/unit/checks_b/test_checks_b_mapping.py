@@ -4,6 +4,9 @@ the scratch bench and the huge page pool guard."""
 from __future__ import annotations
 
 import errno
+import importlib.util
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -430,6 +433,83 @@ def test_unmap_all_of_an_ioas_is_iova_0_length_u64_max(opened: list[ModelIommu])
         "result": 5 * PAGE,
     }
     assert r["dma_avail_before"] is None and r["remaps"] == [0, 0, 0]
+
+
+CONFORMANCE = Path(__file__).resolve().parents[3] / "conformance"
+
+
+@pytest.fixture(scope="module")
+def dma_checks() -> ModuleType:
+    """conformance/test_dma.py, imported as the check catalogue imports it."""
+    spec = importlib.util.spec_from_file_location("dma_checks", CONFORMANCE / "test_dma.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Evidence:
+    def __init__(self) -> None:
+        self.items: dict[str, Any] = {}
+        self.note = ""
+
+    def add(self, name: str, data: Any) -> None:
+        self.items[name] = data
+
+
+def _judge(check: Any, backend: str) -> tuple[str, str, Evidence]:
+    """A DMA check under ``backend`` whose DUT calls run :mod:`vfio_hil.dut.mapping` here
+    (on the models ``opened`` provides): (verdict, reason, evidence)."""
+
+    def call(func: str, **kwargs: Any) -> Any:
+        return getattr(mapping, func.split(".", 1)[1])(**kwargs)
+
+    lease = SimpleNamespace(bdf="0000:00:04.0", call=call)
+    evidence = Evidence()
+    try:
+        check(lease, backend, evidence)
+    except AssertionError as exc:
+        return "FAIL", str(exc), evidence
+    return "PASS", evidence.note, evidence
+
+
+def test_dma_005_fails_a_backend_answering_the_default_where_it_differs(
+    opened: list[ModelIommu], dma_checks: ModuleType
+) -> None:
+    verdict, reason, _ev = _judge(dma_checks.test_unmap_split_refused, "like:type1v2:iommufd")
+    assert verdict == "FAIL"
+    assert "under like:type1v2:iommufd: its first page: got EINVAL, expected ENOENT" in reason
+    assert "(iommufd: iopt_unmap_iova_range" in reason
+    assert _judge(dma_checks.test_unmap_split_refused, "iommufd")[0] == "PASS"
+
+
+def test_dma_006_fails_an_iommufd_answering_success_for_an_empty_unmap(
+    opened: list[ModelIommu], dma_checks: ModuleType
+) -> None:
+    verdict, reason, _ev = _judge(dma_checks.test_unmap_coverage, "like:type1v2:iommufd")
+    assert verdict == "FAIL" and "a range before any mapping: got 0, expected ENOENT" in reason
+    verdict, reason, _ev = _judge(dma_checks.test_unmap_coverage, "iommufd")
+    assert (verdict, reason) == ("PASS", "")
+
+
+def test_dma_008_reports_the_rows_not_applicable_under_iommufd(
+    opened: list[ModelIommu], dma_checks: ModuleType
+) -> None:
+    verdict, reason, evidence = _judge(dma_checks.test_unmap_malformed, "iommufd")
+    assert verdict == "PASS"
+    assert reason == (
+        "not applicable under iommufd (the kernel is not asked): unknown flag bit, "
+        "UNMAP_ALL with an IOVA, UNMAP_ALL with a size"
+    )
+    assert set(evidence.items["not applicable"]) == {
+        "unknown flag bit",
+        "UNMAP_ALL with an IOVA",
+        "UNMAP_ALL with a size",
+    }
+    assert all(c["ok"] for c in evidence.items["cases"])
+    # Under the container they are answers of the kernel, and nothing is set apart.
+    verdict, reason, evidence = _judge(dma_checks.test_unmap_malformed, "type1v2")
+    assert (verdict, reason) == ("PASS", "") and "not applicable" not in evidence.items
 
 
 class FakePool:
