@@ -17,6 +17,7 @@ from vfio_hil.lab.session import DeviceLease
 from vfio_hil_pytest import ALL_BACKENDS, check, skip
 
 VFIO_H = "include/uapi/linux/vfio.h"
+IOMMUFD_H = "include/uapi/linux/iommufd.h"
 MAP_SPEC = f"{VFIO_H} VFIO_IOMMU_MAP_DMA, struct vfio_iommu_type1_dma_map"
 UNMAP_SPEC = f"{VFIO_H} VFIO_IOMMU_UNMAP_DMA, struct vfio_iommu_type1_dma_unmap"
 TYPE1_RST = "Documentation/driver-api/vfio.rst: VFIO Usage Example"
@@ -131,17 +132,19 @@ def test_iova_range_edges(dut_device: DeviceLease, iommu_backend: str, evidence:
 
 @check(
     "DMA-005",
-    "type1v2 refuses an UNMAP_DMA that would split a mapping (EINVAL), leaving it whole",
+    "An unmap that would split a mapping never unmaps part of it (type1v2, iommufd: refused)",
     level="MUST",
-    spec=f"{UNMAP_SPEC}; {VFIO_H} VFIO_TYPE1v2_IOMMU",
+    spec=f"{UNMAP_SPEC}; {VFIO_H} VFIO_TYPE1v2_IOMMU; {IOMMUFD_H} IOMMU_IOAS_UNMAP",
     needs=("dma",),
     backends=ALL_BACKENDS,
 )
 def test_unmap_split_refused(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """type1v2 tracks mappings as units: an unmap that covers only part of a mapping (its first
-    or last page, its middle, or a range reaching into it) must fail with EINVAL, and the
-    mapping must stay exactly as it was, so that it can later be removed whole. A kernel that
-    unmaps part of it leaves userspace with a different view of the IOMMU than the kernel."""
+    or last page, its middle, or a range reaching into it) must fail with EINVAL (iommufd:
+    ENOENT), and the mapping must stay exactly as it was, so that it can later be removed
+    whole. Legacy type1 (v1) instead unmaps every mapping the range touches, whole, and
+    reports it (the table's type1 answers). A kernel that unmaps part of a mapping leaves
+    userspace with a different view of the IOMMU than the kernel."""
     bad = _run_table(dut_device, iommu_backend, evidence, "unmap_split")
     assert not bad, f"{dut_device.bdf}: partial UNMAP_DMA mishandled {_wrong(iommu_backend, bad)}"
 
