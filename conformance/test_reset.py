@@ -142,26 +142,29 @@ def test_hot_reset_info(dut_device: DeviceLease, iommu_backend: str, evidence: A
     assert not wrong, f"hot reset info of {dut_device.bdf} lists " + ", ".join(wrong)
 
 
-# RST-004 runs through a container only: its proof of ownership is the group fds. Through a
-# cdev the kernel takes no group fds at all (vfio_pci_ioctl_pci_hot_reset: a count must be
-# 0 exactly when the device was opened through its cdev) and checks ownership through the
-# iommufd, a different rule (IommufdBackend.hot_reset) that this check does not test.
 @check(
     "RST-004",
-    "A hot reset without every affected group is refused (EINVAL); with them it works",
+    "A hot reset without proof of owning every affected device is refused; with it it works",
     level="MUST",
     spec=(
         f"{VFIO_H} VFIO_DEVICE_PCI_HOT_RESET; {VFIO_PCI_CORE} vfio_pci_ioctl_pci_hot_reset, "
         "vfio_pci_dev_set_hot_reset; drivers/pci/pci.c pci_reset_bus, "
         "pci_bridge_wait_for_secondary_bus; PCIe Base Spec, Link Status (DLLLA)"
     ),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_hot_reset_needs_ownership(dut_device: DeviceLease, evidence: Any) -> None:
+def test_hot_reset_needs_ownership(
+    dut_device: DeviceLease, iommu_backend: str, evidence: Any
+) -> None:
     """A hot reset reaches other functions than the caller's device; VFIO must refuse it
     unless the caller proves it owns every affected group by passing their fds. An empty
     list, and a list that misses a group the reset reaches (or offers an unrelated group in
     its place), must get EINVAL; the complete list must reset, which shows the refusals were
-    about ownership.
+    about ownership. Through the device's cdev (iommufd) the proof is the iommufd instead:
+    vfio_pci_ioctl_pci_hot_reset() refuses any group fd from a cdev-opened device (EINVAL),
+    and the reset with none must work where GET_PCI_HOT_RESET_INFO reports every affected
+    device owned by the caller's iommufd (VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED), and be
+    refused where it does not.
 
     The kernel offers the reset before it is asked: a slot or bus it cannot reset answers
     ENODEV to both ioctls (vfio_pci_core.c: pci_probe_reset_slot, pci_probe_reset_bus), and
@@ -177,7 +180,7 @@ def test_hot_reset_needs_ownership(dut_device: DeviceLease, evidence: Any) -> No
     PASSes only because the kernel skips the wait when no device on the bus has a power
     management capability (pci_bus_max_d3cold_delay() is 0). The link state before and
     after, and the kernel's lines during the reset, are the evidence."""
-    r = dut_device.call("reset.hot_reset_ownership", bdf=dut_device.bdf)
+    r = dut_device.call("reset.hot_reset_ownership", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("ioctls", r["ioctls"])
     _hot_reset_skip(r["info"], dut_device.bdf)
     if "link_before" in r:
@@ -186,12 +189,26 @@ def test_hot_reset_needs_ownership(dut_device: DeviceLease, evidence: Any) -> No
         skip(r["skip_kind"], r["skip"])
     if "incomplete_skip" in r:
         skip("lab", f"{dut_device.bdf}: {r['incomplete_skip']}")
+    reset = f"VFIO_DEVICE_PCI_HOT_RESET of {dut_device.bdf}"
+    if iommu_backend == "iommufd":
+        assert r["group_fds"] == "-EINVAL", (
+            f"{reset} (opened through its cdev) with a group fd got {r['group_fds']}, "
+            "expected -EINVAL: a cdev-opened device proves ownership through its iommufd"
+        )
+        if not r["owned"]:
+            assert r["unowned"] != "0", (
+                f"{reset} reset devices its iommufd does not own: {r['info']['devices']}"
+            )
+            return
+        assert r["complete"] == "0", (
+            f"{reset} with every device owned by its iommufd got {r['complete']}: {r['failure']}"
+        )
+        return
     for case, what in (("empty", "no group fd"), ("incomplete", "an incomplete group list")):
         assert r[case] == "-EINVAL", (
-            f"VFIO_DEVICE_PCI_HOT_RESET of {dut_device.bdf} with {what} got {r[case]}, "
+            f"{reset} with {what} got {r[case]}, "
             f"expected -EINVAL (groups reached: {r['needed_groups']})"
         )
     assert r["complete"] == "0", (
-        f"VFIO_DEVICE_PCI_HOT_RESET of {dut_device.bdf} with every group "
-        f"{r['needed_groups']} got {r['complete']}: {r['failure']}"
+        f"{reset} with every group {r['needed_groups']} got {r['complete']}: {r['failure']}"
     )

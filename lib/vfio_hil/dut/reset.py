@@ -1,9 +1,9 @@
 """Device reset through VFIO: VFIO_DEVICE_RESET and the PCI hot (bus or slot) reset.
 
 Every function opens ``bdf`` in an IOMMU context of its own and closes everything before
-returning: the reset and hot reset info probes under ``backend`` (a type1v2 container by
-default, or iommufd through the device's cdev; :func:`.common.device_in`), the hot reset
-ownership probe through a container, since it proves ownership with group fds. The NVMe
+returning, under ``backend`` (a type1v2 container by default, or iommufd through the
+device's cdev; :func:`.common.device_in`). A hot reset's proof of ownership differs between
+them: the fds of the groups it reaches, or the iommufd the devices are bound to. The NVMe
 reset probe drives the controller with the library's NVMe driver, which disables it again on
 the way out if the reset did not.
 
@@ -239,12 +239,45 @@ def hot_reset_failure(
     return f"the kernel answered {ret} (kernel: {said})"
 
 
-def hot_reset_ownership(bdf: str) -> Dict[str, Any]:
-    """VFIO_DEVICE_PCI_HOT_RESET on ``bdf`` with no group fd, with a list that misses a group
-    the reset reaches (a foreign group when only one is reached), and with every group;
-    beside them the link state before and after the resets, and ``failure``, the cause of a
-    complete list's failure (:func:`hot_reset_failure`)."""
+def _complete_reset(
+    bdf: str,
+    device: Device,
+    groups: List[Group],
+    log: Transcript,
+    what: str,
+    result: Dict[str, Any],
+) -> None:
+    """The hot reset that must work (``groups``: every group it reaches, or none for a device
+    opened through its cdev): its answer as ``complete``, the kernel's lines during it, the
+    link state after it, and ``failure``, the cause of a failure (:func:`hot_reset_failure`)."""
+    cursor = kmsg_cursor()
+    result["complete"] = _hot_reset(device, groups, log, what)
+    result["complete_kernel_log"] = kmsg_since(cursor)["lines"]
+    result["link_after"] = _link_state(bdf)
+    if result["complete"] != "0":
+        result["failure"] = hot_reset_failure(
+            bdf,
+            result["complete"],
+            result["link_before"],
+            result["link_after"],
+            result["complete_kernel_log"],
+        )
+
+
+def hot_reset_ownership(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
+    """VFIO_DEVICE_PCI_HOT_RESET on ``bdf`` with and without the proof that the caller owns
+    every device the reset reaches, beside the link state before and after the resets.
+
+    Through a container (``backend`` type1v2) the proof is the fds of every group reached:
+    the reset is asked with no group fd, with a list that misses a group (a foreign group
+    when only one is reached), and with every group. Through the device's cdev (``backend``
+    iommufd) the proof is the iommufd the devices are bound to: any group fd is refused, and
+    the reset is asked with none, to work where GET_PCI_HOT_RESET_INFO says this iommufd
+    owns them all (``owned``; ``unowned`` holds the answer otherwise).
+    """
     bdf = sysfs.normalize_bdf(bdf)
+    if backend == "iommufd":
+        return _cdev_hot_reset_ownership(bdf)
     log = Transcript()
     with ExitStack() as stack:
         _container, own, device = stack.enter_context(open_device(bdf))
@@ -277,16 +310,31 @@ def hot_reset_ownership(bdf: str) -> Dict[str, Any]:
                     device, [foreign], log, "a foreign group instead of the own"
                 )
         full = [groups[n] for n in sorted(needed)]
-        cursor = kmsg_cursor()
-        result["complete"] = _hot_reset(device, full, log, "every group the reset reaches")
-        result["complete_kernel_log"] = kmsg_since(cursor)["lines"]
-        result["link_after"] = _link_state(bdf)
-    if result["complete"] != "0":
-        result["failure"] = hot_reset_failure(
-            bdf,
-            result["complete"],
-            result["link_before"],
-            result["link_after"],
-            result["complete_kernel_log"],
-        )
+        _complete_reset(bdf, device, full, log, "every group the reset reaches", result)
+    return {**result, "ioctls": log.entries}
+
+
+def _cdev_hot_reset_ownership(bdf: str) -> Dict[str, Any]:
+    """:func:`hot_reset_ownership` of ``bdf`` opened through its cdev, bound to iommufd."""
+    log = Transcript()
+    with ExitStack() as stack:
+        _iommu, device = stack.enter_context(device_in(bdf, "iommufd"))
+        info = _hot_reset_info(device, log)
+        if info["ret"] != "0":
+            return {"info": info, "ioctls": log.entries}
+        owned = bool(info["flags"] & uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED)
+        result: Dict[str, Any] = {"info": info, "owned": owned, "link_before": _link_state(bdf)}
+        # The own group cannot be opened while its device is open through the cdev: any other.
+        foreign = _foreign_group({sysfs.iommu_group(bdf)})
+        if foreign is None:
+            result["incomplete_skip"] = "no other VFIO group to offer"
+        else:
+            stack.enter_context(foreign)
+            result["group_fds"] = _hot_reset(
+                device, [foreign], log, "a group fd, to a device opened through its cdev"
+            )
+        if owned:
+            _complete_reset(bdf, device, [], log, "no group fd: every device owned", result)
+        else:
+            result["unowned"] = _hot_reset(device, [], log, "no group fd, devices not owned")
     return {**result, "ioctls": log.entries}
