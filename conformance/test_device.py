@@ -6,7 +6,7 @@ from typing import Any
 
 from vfio_hil.lab.inventory import DEVICE_MODELS
 from vfio_hil.lab.session import DeviceLease
-from vfio_hil_pytest import ALL_BACKENDS, check, skip
+from vfio_hil_pytest import ALL_BACKENDS, CDEV_AND_CONTAINER, check, skip
 
 VFIO_RST = "Documentation/driver-api/vfio.rst"
 ENGINE_SPEC = "the device's own register and command set (edu.rst; NVM Express Base 2.0)"
@@ -66,14 +66,15 @@ def _engine_call(
     level="MUST",
     spec=f"{ENGINE_SPEC}; include/uapi/linux/vfio.h VFIO_REGION_INFO_FLAG_MMAP",
     needs=("device_registers",),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_engine_mmio(dut_device: DeviceLease, evidence: Any) -> None:
+def test_engine_mmio(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """BAR access through mmap of the region is the fast path of every userspace driver: reads
     and writes must reach the device's registers, not a copy. The device's driver names an
     identity register (edu: ID 0x010000ed; NVMe: VS holds an NVMe version) and a register
     whose read-back it defines (edu: liveness returns the inverse; NVMe: AQA, with the
     controller disabled, returns what was written)."""
-    r = _engine_call(dut_device, evidence, "probes.engine_mmio")
+    r = _engine_call(dut_device, evidence, "probes.engine_mmio", backend=iommu_backend)
     assert r["mmapped"], f"{dut_device.bdf}: BAR{r['bar']} offers no mmap'able area"
     assert not r["identity_problem"], f"{dut_device.bdf}: {r['identity_problem']}"
     assert r["read_back"] == r["expected_read_back"], (
@@ -112,10 +113,11 @@ def test_engine_dma_roundtrip(dut_device: DeviceLease, iommu_backend: str, evide
     level="MUST",
     spec=f"include/uapi/linux/vfio.h VFIO_DEVICE_SET_IRQS (MSI/MSI-X, eventfd); {ENGINE_SPEC}",
     needs=("device_irq",),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_engine_msi(dut_device: DeviceLease, evidence: Any) -> None:
+def test_engine_msi(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """Interrupts reach userspace through eventfds: one message-signalled interrupt raised by
     the device is exactly one count, neither lost nor duplicated."""
-    r = _engine_call(dut_device, evidence, "interrupts.msi_per_raise")
+    r = _engine_call(dut_device, evidence, "interrupts.msi_per_raise", backend=iommu_backend)
     count = r["per_raise"][0] + r["late"]
     assert count == 1, f"the {r['index']} eventfd counted {count} interrupts for one raise"

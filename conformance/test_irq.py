@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from vfio_hil.lab.session import DeviceLease, HostSession
-from vfio_hil_pytest import check, skip
+from vfio_hil_pytest import CDEV_AND_CONTAINER, check, skip
 
 VFIO_H = "include/uapi/linux/vfio.h"
 SET_IRQS = f"{VFIO_H} VFIO_DEVICE_SET_IRQS"
@@ -29,15 +29,18 @@ def _raised(dut_device: DeviceLease, func: str, **kwargs: Any) -> dict[str, Any]
     "GET_IRQ_INFO agrees with config space: INTx pin, MSI and MSI-X vectors, ERR, REQ",
     level="MUST",
     spec=f"{VFIO_H} VFIO_DEVICE_GET_IRQ_INFO; PCI Local Bus Specification 3.0, 6.8",
+    backends=CDEV_AND_CONTAINER,
 )
-def test_irq_info_matches_config(dut_device: DeviceLease, evidence: Any) -> None:
+def test_irq_info_matches_config(
+    dut_device: DeviceLease, iommu_backend: str, evidence: Any
+) -> None:
     """Userspace sizes its interrupt setup from GET_IRQ_INFO. Each index must match what the
     config space (as VFIO presents it) shows: one INTx vector exactly when the interrupt pin
     is set, as many MSI vectors as the capability's multiple-message field allows, as many
     MSI-X vectors as the table has, the ERR index exactly on PCI Express devices, one REQ
     vector always; every index with vectors signals through eventfds, and INTx is maskable
     and automasked."""
-    r = dut_device.call("interrupts.irq_info_vs_config", bdf=dut_device.bdf)
+    r = dut_device.call("interrupts.irq_info_vs_config", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("irq info", r["irqs"])
     evidence.add("config", r["config"])
     assert not r["mismatches"], (
@@ -51,13 +54,14 @@ def test_irq_info_matches_config(dut_device: DeviceLease, evidence: Any) -> None
     level="MUST",
     spec=f"{SET_IRQS} (MSI, eventfd); {ENGINE_SPEC}",
     needs=("device_irq",),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_msi_once_per_raise(dut_device: DeviceLease, evidence: Any) -> None:
+def test_msi_once_per_raise(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """An interrupt lost or duplicated on the way from the device through the interrupt
     remapping unit to the eventfd breaks every userspace driver. The device's engine raises
     its interrupt five times (MSI, else MSI-X vector 0), each acknowledged before the next:
     each raise must count exactly one, and none may arrive late."""
-    r = _raised(dut_device, "msi_per_raise", raises=5)
+    r = _raised(dut_device, "msi_per_raise", backend=iommu_backend, raises=5)
     evidence.add("counts", r)
     assert r["per_raise"] == [1] * r["raises"] and r["late"] == 0, (
         f"{dut_device.bdf}: {r['raises']} {r['index']} raises counted {r['per_raise']} "
@@ -71,13 +75,16 @@ def test_msi_once_per_raise(dut_device: DeviceLease, evidence: Any) -> None:
     level="MUST",
     spec=f"{SET_IRQS} (MSI-X, ACTION_TRIGGER with DATA_NONE / DATA_BOOL)",
     needs=("msix",),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_msix_loopback(dut_device: DeviceLease, evidence: Any) -> None:
+def test_msix_loopback(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """With an eventfd per MSI-X vector (up to 8), ACTION_TRIGGER with DATA_NONE on one
     vector must signal that vector's eventfd once and no other; DATA_BOOL must signal
     exactly the vectors whose value is true. A mix-up of vectors routes one queue's
     completion to another's handler."""
-    r = dut_device.call("interrupts.msix_loopback", bdf=dut_device.bdf, max_vectors=8)
+    r = dut_device.call(
+        "interrupts.msix_loopback", bdf=dut_device.bdf, backend=iommu_backend, max_vectors=8
+    )
     if not r["vectors"]:
         skip("capability", f"{dut_device.bdf} reports no MSI-X vectors")
     evidence.add("counts", r)
@@ -99,11 +106,12 @@ def test_msix_loopback(dut_device: DeviceLease, evidence: Any) -> None:
     level="MUST",
     spec=f"{SET_IRQS} (INTx, ACTION_MASK / ACTION_UNMASK); {ENGINE_SPEC}",
     needs=("device_irq",),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_intx_mask_unmask(dut_device: DeviceLease, evidence: Any) -> None:
+def test_intx_mask_unmask(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """INTx is MASKABLE: an interrupt the device raises while userspace has masked INTx must
     not be signalled, must stay pending, and must be signalled once when unmasked."""
-    r = _raised(dut_device, "intx_mask")
+    r = _raised(dut_device, "intx_mask", backend=iommu_backend)
     evidence.add("counts", r)
     assert r["while_masked"] == 0, (
         f"{dut_device.bdf}: INTx masked through VFIO still signalled {r['while_masked']} times"
@@ -123,12 +131,13 @@ def test_intx_mask_unmask(dut_device: DeviceLease, evidence: Any) -> None:
     level="SHOULD",
     spec=f"{VFIO_H} VFIO_IRQ_INFO_MASKABLE; {SET_IRQS} (MSI, ACTION_MASK)",
     needs=("device_irq",),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_msi_mask_unmask(dut_device: DeviceLease, evidence: Any) -> None:
+def test_msi_mask_unmask(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """Where GET_IRQ_INFO flags MSI as MASKABLE, masking it must hold back a raised interrupt
     until unmasked. vfio-pci does not offer MSI masking today, and then the check does not
     apply (the evidence shows the mask request is refused rather than ignored)."""
-    r = _raised(dut_device, "msi_mask")
+    r = _raised(dut_device, "msi_mask", backend=iommu_backend)
     evidence.add("result", r)
     if not r["maskable"]:
         skip(
@@ -148,13 +157,14 @@ def test_msi_mask_unmask(dut_device: DeviceLease, evidence: Any) -> None:
     level="MUST",
     spec=f"{VFIO_H} VFIO_IRQ_INFO_AUTOMASKED; {SET_IRQS} (INTx, ACTION_UNMASK); {ENGINE_SPEC}",
     needs=("device_irq",),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_intx_automask(dut_device: DeviceLease, evidence: Any) -> None:
+def test_intx_automask(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """A level-triggered INTx would fire endlessly until userspace services the device, so
     the kernel masks it when it fires: the first interrupt is signalled once, a second one
     raised afterwards is held back until ACTION_UNMASK, and an unmask with nothing pending
     signals nothing."""
-    r = _raised(dut_device, "intx_automask")
+    r = _raised(dut_device, "intx_automask", backend=iommu_backend)
     evidence.add("counts", r)
     seen = (r["first"], r["while_automasked"], r["on_unmask"], r["idle_unmask"])
     assert seen == (1, 0, 1, 0), (
@@ -223,14 +233,15 @@ def test_interrupt_remapping_enforced(dut_host: HostSession, evidence: Any) -> N
     "SET_IRQS refuses malformed requests with the documented errno",
     level="MUST",
     spec=SET_IRQS,
+    backends=CDEV_AND_CONTAINER,
 )
-def test_set_irqs_malformed(dut_device: DeviceLease, evidence: Any) -> None:
+def test_set_irqs_malformed(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """SET_IRQS is a tagged union of data type and action over an index and a vector range:
     unknown flags, several data types or actions at once, an index or vector range the
     device does not have, a payload shorter than its count, and an fd that is not an
     eventfd must all be refused with a precise errno (not partially applied); a valid
     eventfd and its removal with -1 succeed."""
-    r = dut_device.call("interrupts.set_irqs_errnos", bdf=dut_device.bdf)
+    r = dut_device.call("interrupts.set_irqs_errnos", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("cases", r["cases"])
     evidence.add("ioctls", r["ioctls"])
     bad = [c for c in r["cases"] if not c["ok"]]
@@ -245,13 +256,14 @@ def test_set_irqs_malformed(dut_device: DeviceLease, evidence: Any) -> None:
     level="MUST",
     spec=f"{SET_IRQS} (DATA_EVENTFD, fd -1 de-assigns)",
     needs=("msix",),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_msix_vector_deassign(dut_device: DeviceLease, evidence: Any) -> None:
+def test_msix_vector_deassign(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """Userspace re-routes vectors at run time (a queue moves, a VM reprograms its MSI-X
     table). A vector de-assigned with fd -1 must stop signalling its old eventfd while its
     neighbours keep working, and an eventfd assigned to it later must receive its
     interrupts."""
-    r = dut_device.call("interrupts.vector_deassign", bdf=dut_device.bdf)
+    r = dut_device.call("interrupts.vector_deassign", bdf=dut_device.bdf, backend=iommu_backend)
     if r["vectors"] < 2:
         skip("capability", f"{dut_device.bdf} has fewer than 2 MSI-X vectors")
     evidence.add("counts", r)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from vfio_hil.lab.session import DeviceLease
-from vfio_hil_pytest import check, skip
+from vfio_hil_pytest import CDEV_AND_CONTAINER, check, skip
 
 VFIO_H = "include/uapi/linux/vfio.h"
 PCI_SPEC = "PCI Local Bus spec 3.0"
@@ -23,15 +23,16 @@ ROM_SIGNATURE = 0xAA55
     "Every BAR region, the ROM region and the config region have the size sysfs reports",
     level="MUST",
     spec=f"{REGION_INFO}; Documentation/ABI/testing/sysfs-bus-pci (resource, config)",
+    backends=CDEV_AND_CONTAINER,
 )
-def test_region_sizes(dut_device: DeviceLease, evidence: Any) -> None:
+def test_region_sizes(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """Userspace drivers size their mappings and bounds checks by VFIO_DEVICE_GET_REGION_INFO.
     Each BAR region must be exactly as large as the resource the PCI core assigned (sysfs
     ``resource``), the ROM region as large as the ROM BAR when VFIO offers one (it offers
     none for a ROM without a valid image), and the config region as large as the device's
     config space (256 bytes, or 4096 for PCIe); a larger region would reach past the device,
     a smaller one hide registers."""
-    r = dut_device.call("regions.region_survey", bdf=dut_device.bdf)
+    r = dut_device.call("regions.region_survey", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("regions", r)
     compared = r["regions"][:6] + [rom for rom in r["regions"][6:7] if rom["size"]]
     wrong = [
@@ -51,14 +52,15 @@ def test_region_sizes(dut_device: DeviceLease, evidence: Any) -> None:
     "Regions the device lacks have size 0 and no access flags, and refuse reads (EINVAL)",
     level="MUST",
     spec=f"{REGION_INFO}; drivers/vfio/pci/vfio_pci_rdwr.c vfio_pci_bar_rw",
+    backends=CDEV_AND_CONTAINER,
 )
-def test_absent_regions(dut_device: DeviceLease, evidence: Any) -> None:
+def test_absent_regions(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """Region indexes are fixed for vfio-pci, so a device without BAR3 still has region 3:
     it must say size 0 with no READ/WRITE/MMAP flag, and a read of it must fail with EINVAL
     rather than reach some other device's address. The same holds for an absent ROM. The
     VGA region of a device that is not a VGA controller, and the first index past
     num_regions, must be refused outright with EINVAL."""
-    r = dut_device.call("regions.region_survey", bdf=dut_device.bdf)
+    r = dut_device.call("regions.region_survey", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("regions", r)
     absent = [reg for reg in r["regions"][:7] if r["sysfs"][reg["index"]]["size"] == 0]
     flagged = [
@@ -85,13 +87,16 @@ def test_absent_regions(dut_device: DeviceLease, evidence: Any) -> None:
     "mmap works exactly where the MMAP flag says: never on config, ROM or unflagged regions",
     level="MUST",
     spec=f"{VFIO_H} VFIO_REGION_INFO_FLAG_MMAP; drivers/vfio/pci/vfio_pci_core.c mmap",
+    backends=CDEV_AND_CONTAINER,
 )
-def test_mmap_only_where_flagged(dut_device: DeviceLease, evidence: Any) -> None:
+def test_mmap_only_where_flagged(
+    dut_device: DeviceLease, iommu_backend: str, evidence: Any
+) -> None:
     """A region that is not flagged MMAP must stay behind read/write, where vfio-pci can
     mediate every access (config space, the ROM, I/O port BARs, absent BARs): mmap of it must
     fail. A flagged region must map (at its first sparse area when it has them), and a page
     past its end must not."""
-    r = dut_device.call("regions.mmap_survey", bdf=dut_device.bdf)
+    r = dut_device.call("regions.mmap_survey", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("ioctls", r["ioctls"])
     wrong = []
     for attempt in r["attempts"]:
@@ -116,15 +121,16 @@ def test_mmap_only_where_flagged(dut_device: DeviceLease, evidence: Any) -> None
         "drivers/vfio/pci/vfio_pci_rdwr.c (MSI-X table reads as -1, writes dropped)"
     ),
     needs=("msix",),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_msix_table_protected(dut_device: DeviceLease, evidence: Any) -> None:
+def test_msix_table_protected(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """The MSI-X table holds the addresses and data of the host's interrupt messages: the
     kernel programs it, userspace goes through VFIO_DEVICE_SET_IRQS. Through the device fd
     the table must read as all ones and ignore writes. Through mmap, the page holding it may
     be mapped only when the region advertises MSIX_MAPPABLE (the kernel vouches that
     interrupt remapping makes direct access harmless); otherwise the BAR must not be
     mappable there (no MMAP flag, or sparse areas that leave the table out)."""
-    r = dut_device.call("regions.msix_table", bdf=dut_device.bdf)
+    r = dut_device.call("regions.msix_table", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("msix", r)
     if "skip" in r:
         skip(r["skip_kind"], r["skip"])
@@ -152,14 +158,15 @@ def test_msix_table_protected(dut_device: DeviceLease, evidence: Any) -> None:
     level="MUST",
     spec=f"{VFIO_H} VFIO_REGION_INFO_FLAG_READ/WRITE; QEMU docs/specs/pci-testdev.rst",
     needs=("pio", "pci-testdev"),
+    backends=CDEV_AND_CONTAINER,
 )
-def test_io_port_bar(dut_device: DeviceLease, evidence: Any) -> None:
+def test_io_port_bar(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """I/O port BARs cannot be mmap'ed on x86, so VFIO must offer them through read/write on
     the device fd, with each access reaching the port at the width asked. The pci-testdev
     port test checks both directions: its header reads back its name and test parameters,
     and it counts a write only when the byte written matches its data, so one matching write
     must add one, a non-matching one nothing, and another matching one one more."""
-    r = dut_device.call("regions.testdev_io_port", bdf=dut_device.bdf)
+    r = dut_device.call("regions.testdev_io_port", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("io port", r)
     if "skip" in r:
         skip(r["skip_kind"], r["skip"])
@@ -182,14 +189,15 @@ def test_io_port_bar(dut_device: DeviceLease, evidence: Any) -> None:
     "BAR sizing through the config region: all-ones reads back the size mask, then restores",
     level="MUST",
     spec=f"{PCI_SPEC} 6.2.5.1 (address maps); drivers/vfio/pci/vfio_pci_config.c BAR virt.",
+    backends=CDEV_AND_CONTAINER,
 )
-def test_bar_sizing(dut_device: DeviceLease, evidence: Any) -> None:
+def test_bar_sizing(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """vfio-pci virtualizes the BARs so that a guest OS can size them the standard way:
     write all ones, read back the mask, write the address back. The mask must encode the
     size of the real resource (sysfs) with the BAR's type bits unchanged, for every BAR and
     the ROM BAR (0 where there is none), and the original value must read back after the
     restore."""
-    r = dut_device.call("regions.bar_sizing", bdf=dut_device.bdf)
+    r = dut_device.call("regions.bar_sizing", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("bars", r)
     wrong = []
     for bar in r["bars"]:
@@ -219,13 +227,14 @@ def test_bar_sizing(dut_device: DeviceLease, evidence: Any) -> None:
     "Read-only config fields ignore writes (vendor/device ID, revision/class code)",
     level="MUST",
     spec=f"{PCI_SPEC} 6.2 (read-only header registers); drivers/vfio/pci/vfio_pci_config.c",
+    backends=CDEV_AND_CONTAINER,
 )
-def test_readonly_config(dut_device: DeviceLease, evidence: Any) -> None:
+def test_readonly_config(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """Identity registers are read-only in the PCI spec; through VFIO a write to them must be
     absorbed without changing what userspace or the hardware sees, or a user could make the
     device pass for another (and the host's view of it would drift). The check writes the
     inverse of each dword and reads it back through VFIO and from the hardware."""
-    r = dut_device.call("regions.readonly_fields", bdf=dut_device.bdf)
+    r = dut_device.call("regions.readonly_fields", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("fields", r["fields"])
     evidence.add("ioctls", r["ioctls"])
     changed = [
@@ -242,13 +251,14 @@ def test_readonly_config(dut_device: DeviceLease, evidence: Any) -> None:
     "Bus Master Enable written through the config region reaches the device and toggles",
     level="MUST",
     spec=f"{PCI_SPEC} 6.2.2 (Command register); drivers/vfio/pci/vfio_pci_config.c",
+    backends=CDEV_AND_CONTAINER,
 )
-def test_bus_master_toggle(dut_device: DeviceLease, evidence: Any) -> None:
+def test_bus_master_toggle(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """A userspace driver must be able to stop and start its device's DMA with Bus Master
     Enable: the bit is not virtualized, so clearing and setting it through the config
     region must show in the hardware's command register each time, and the register must
     be restored after."""
-    r = dut_device.call("regions.bus_master_toggle", bdf=dut_device.bdf)
+    r = dut_device.call("regions.bus_master_toggle", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("command register", r)
     for step in r["steps"]:
         want = step["set_master"]
@@ -269,13 +279,14 @@ def test_bus_master_toggle(dut_device: DeviceLease, evidence: Any) -> None:
     "The ROM region is read-only: no write, no mmap, and it reads a ROM image (0xAA55)",
     level="MUST",
     spec=f"{VFIO_H} VFIO_PCI_ROM_REGION_INDEX; {PCI_SPEC} 6.3.1 (expansion ROM header)",
+    backends=CDEV_AND_CONTAINER,
 )
-def test_rom_region(dut_device: DeviceLease, evidence: Any) -> None:
+def test_rom_region(dut_device: DeviceLease, iommu_backend: str, evidence: Any) -> None:
     """VFIO exposes an option ROM read-only: the region must be READ only (no WRITE, no
     MMAP), writes and mmap must fail, and the image must start with the 0x55 0xAA signature
     (vfio-pci only reports a ROM it can read and validate). Devices without a ROM are
     covered by REG-002."""
-    r = dut_device.call("regions.rom_region", bdf=dut_device.bdf)
+    r = dut_device.call("regions.rom_region", bdf=dut_device.bdf, backend=iommu_backend)
     evidence.add("rom", r)
     region = r["region"]
     if region["size"] == 0:

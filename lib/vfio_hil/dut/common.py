@@ -1,6 +1,7 @@
-"""Helpers the DUT-side check modules share: opening a device through a type1v2 container,
-the ioctl transcript kept as a check's evidence, the IOMMU fault records of the kernel log,
-and the answer that makes a check SKIP. Runs on the DUT (Python 3.9+).
+"""Helpers the DUT-side check modules share: opening a device through a type1v2 container
+or in an IOMMU context of any backend, the ioctl transcript kept as a check's evidence, the
+IOMMU fault records of the kernel log, and the answer that makes a check SKIP. Runs on the
+DUT (Python 3.9+).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from ..core import sysfs, uapi
-from ..core.backend import IommuBackend
+from ..core.backend import IommuBackend, open_iommu
 from ..core.container import Container
 from ..core.device import Device
 from ..core.group import Group
 from ..core.iommufd import map_flags as iommufd_map_flags
 
 RW = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
+#: The backend device-level checks use unless they ask for another: the one every kernel
+#: with VFIO offers.
+DEFAULT_BACKEND = "type1v2"
 
 # -- opening a device ------------------------------------------------------------------------
 
@@ -39,6 +43,15 @@ def open_device(bdf: str) -> Iterator[Tuple[Container, Group, Device]]:
     bdf = sysfs.normalize_bdf(bdf)
     with container_for(bdf) as (container, group), group.device(bdf) as device:
         yield container, group, device
+
+
+@contextmanager
+def device_in(bdf: str, backend: str = DEFAULT_BACKEND) -> Iterator[Tuple[IommuBackend, Device]]:
+    """Open ``bdf`` in an IOMMU context of its own: ``backend`` as
+    :func:`vfio_hil.core.open_iommu` takes it (under ``"iommufd"`` through the device's cdev,
+    bound to the iommufd and attached to its IOAS; under a container through its group)."""
+    with open_iommu(backend) as iommu:
+        yield iommu, iommu.open_device(bdf)
 
 
 # -- a check's SKIP ------------------------------------------------------------------------

@@ -17,9 +17,7 @@ from ..core import sysfs
 from ..core.backend import IommuBackend, available_backends, open_iommu
 from ..core.device import Device
 from ..core.drivers import DmaEngine, EngineMemory, probe_engine
-
-#: The backend device-level checks use: the one every kernel with VFIO offers.
-DEFAULT_BACKEND = "type1v2"
+from .common import DEFAULT_BACKEND
 
 
 class NoEngineError(LookupError):

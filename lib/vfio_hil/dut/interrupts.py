@@ -4,8 +4,9 @@ the DUT.
 Device-raised interrupts come from the device's DMA engine (edu: MSI or INTx; NVMe: MSI-X or
 INTx, from a completed admin command); MSI-X
 vectors are exercised by loopback (ACTION_TRIGGER with DATA_NONE/BOOL makes the kernel signal
-a vector's eventfd as if it fired). Every function leaves the device's interrupts disabled
-and its interrupt status acknowledged.
+a vector's eventfd as if it fired). Every function opens the device in an IOMMU context of
+its own (``backend``: a type1v2 container by default, or iommufd through the device's cdev)
+and leaves the device's interrupts disabled and its interrupt status acknowledged.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from ..core.drivers import DmaEngine
 from ..core.errors import VfioError
 from ..core.group import Group
 from ..core.irq import EventFd
-from .common import Transcript, answer, skipped
+from .common import DEFAULT_BACKEND, Transcript, answer, device_in, skipped
 from .engines import engine_in_container
-from .mapping import EINVAL, OK, Case, Expected, device_in_container, run_case
+from .mapping import EINVAL, OK, Case, Expected, run_case
 
 INTX = uapi.VFIO_PCI_INTX_IRQ_INDEX
 MSI = uapi.VFIO_PCI_MSI_IRQ_INDEX
@@ -97,9 +98,9 @@ def _config_summary(config: pci.ConfigSpace) -> Dict[str, Any]:
     }
 
 
-def irq_info_vs_config(bdf: str) -> Dict[str, Any]:
+def irq_info_vs_config(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """GET_IRQ_INFO of every index next to what the config space (as VFIO shows it) says."""
-    with device_in_container(bdf) as (_container, device):
+    with device_in(bdf, backend) as (_iommu, device):
         config = _config_summary(device.pci_config())
         num_irqs = device.info().num_irqs
         irqs: Dict[int, Optional[Tuple[int, int]]] = {}
@@ -133,10 +134,15 @@ class _Raiser:
     the way out (which deasserts INTx before it is torn down)."""
 
     def __init__(
-        self, stack: ExitStack, bdf: str, pick: Callable[[DmaEngine], int], scratch: bool
+        self,
+        stack: ExitStack,
+        bdf: str,
+        pick: Callable[[DmaEngine], int],
+        scratch: bool,
+        backend: str,
     ) -> None:
-        _container, self.device, self.engine = stack.enter_context(
-            engine_in_container(bdf, scratch)
+        _iommu, self.device, self.engine = stack.enter_context(
+            engine_in_container(bdf, scratch, backend)
         )
         self.index = pick(self.engine)
         self.statuses: List[str] = []
@@ -185,11 +191,13 @@ def _message_signalled(engine: DmaEngine) -> int:
     return MSI if MSI in engine.caps.irq_indexes else MSIX
 
 
-def msi_per_raise(bdf: str, raises: int = 1, scratch: bool = False) -> Dict[str, Any]:
+def msi_per_raise(
+    bdf: str, raises: int = 1, scratch: bool = False, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
     """Raise the device's message-signalled interrupt (MSI, else MSI-X vector 0) ``raises``
     times, acknowledging each; count what each raise delivered."""
     with ExitStack() as stack:
-        raiser = _Raiser(stack, bdf, _message_signalled, scratch)
+        raiser = _Raiser(stack, bdf, _message_signalled, scratch, backend)
         if raiser.why:
             return skipped("capability", raiser.why)
         counts = []
@@ -200,11 +208,11 @@ def msi_per_raise(bdf: str, raises: int = 1, scratch: bool = False) -> Dict[str,
         return raiser.result(raises=raises, per_raise=counts, late=raiser.wait(ABSENT_S))
 
 
-def intx_mask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def intx_mask(bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """INTx with ACTION_MASK: an interrupt raised while masked stays pending, ACTION_UNMASK
     delivers it once."""
     with ExitStack() as stack:
-        raiser = _Raiser(stack, bdf, _intx, scratch)
+        raiser = _Raiser(stack, bdf, _intx, scratch, backend)
         if raiser.why:
             return skipped("capability", raiser.why)
         device = raiser.device
@@ -219,11 +227,13 @@ def intx_mask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
         return raiser.result(while_masked=while_masked, on_unmask=on_unmask, after=after)
 
 
-def intx_automask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def intx_automask(
+    bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
     """INTx is masked by the kernel when it fires: a second interrupt is held back until
     ACTION_UNMASK, and an unmask with nothing pending delivers nothing."""
     with ExitStack() as stack:
-        raiser = _Raiser(stack, bdf, _intx, scratch)
+        raiser = _Raiser(stack, bdf, _intx, scratch, backend)
         if raiser.why:
             return skipped("capability", raiser.why)
         device = raiser.device
@@ -246,11 +256,11 @@ def intx_automask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
         )
 
 
-def msi_mask(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def msi_mask(bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """Masking of the device's message-signalled interrupt (MSI, else MSI-X) through
     ACTION_MASK/UNMASK, where GET_IRQ_INFO says it is MASKABLE."""
     with ExitStack() as stack:
-        raiser = _Raiser(stack, bdf, _message_signalled, scratch)
+        raiser = _Raiser(stack, bdf, _message_signalled, scratch, backend)
         if raiser.why:
             return skipped("capability", raiser.why)
         device, index = raiser.device, raiser.index
@@ -280,11 +290,11 @@ def _counts(eventfds: List[EventFd], wait_for: Optional[int] = None) -> List[int
     return [e.read_count(ARRIVE_S if i == wait_for else 0) for i, e in enumerate(eventfds)]
 
 
-def msix_loopback(bdf: str, max_vectors: int = 8) -> Dict[str, Any]:
+def msix_loopback(bdf: str, max_vectors: int = 8, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """An eventfd per MSI-X vector; ACTION_TRIGGER (DATA_NONE) on each vector in turn must
     signal exactly that vector's eventfd once, and DATA_BOOL exactly the vectors set true."""
     with ExitStack() as stack:
-        _container, device = stack.enter_context(device_in_container(bdf))
+        _iommu, device = stack.enter_context(device_in(bdf, backend))
         available = device.irq_info(MSIX).count
         n = min(available, max_vectors)
         if not n:
@@ -306,11 +316,13 @@ def msix_loopback(bdf: str, max_vectors: int = 8) -> Dict[str, Any]:
     }
 
 
-def vector_deassign(bdf: str, vectors: int = 4, victim: int = 1) -> Dict[str, Any]:
+def vector_deassign(
+    bdf: str, vectors: int = 4, victim: int = 1, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
     """MSI-X vector ``victim`` de-assigned (fd -1) while the others stay: its old eventfd must
     receive nothing when all vectors are triggered; a new eventfd assigned to it must."""
     with ExitStack() as stack:
-        _container, device = stack.enter_context(device_in_container(bdf))
+        _iommu, device = stack.enter_context(device_in(bdf, backend))
         n = min(device.irq_info(MSIX).count, vectors)
         if n <= victim:
             return {"vectors": n}
@@ -399,16 +411,17 @@ SET_IRQS_CASES: Tuple[Case, ...] = (
 )
 
 
-def set_irqs_errnos(bdf: str) -> Dict[str, Any]:
-    """Run :data:`SET_IRQS_CASES` on ``bdf``."""
+def set_irqs_errnos(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
+    """Run :data:`SET_IRQS_CASES` on ``bdf`` opened under IOMMU ``backend``."""
     with ExitStack() as stack:
-        container, device = stack.enter_context(device_in_container(bdf))
+        iommu, device = stack.enter_context(device_in(bdf, backend))
         eventfd = stack.enter_context(EventFd())
         # An fd number that is certainly not open: opened and closed right here.
         closed = os.open("/dev/null", os.O_RDONLY)
         os.close(closed)
-        bench = _IrqBench(device, eventfd, container.fd, closed)
-        results = [run_case(case, bench) for case in SET_IRQS_CASES]
+        # The device's own fd is open and no eventfd, under either backend.
+        bench = _IrqBench(device, eventfd, device.fd, closed)
+        results = [run_case(case, bench, backend=iommu.name) for case in SET_IRQS_CASES]
     return {"kernel": os.uname().release, "cases": results, "ioctls": bench.transcript.entries}
 
 

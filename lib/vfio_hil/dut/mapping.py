@@ -1,9 +1,13 @@
-"""DMA mapping semantics of a type1v2 container (VFIO_IOMMU_MAP_DMA / VFIO_IOMMU_UNMAP_DMA).
+"""DMA mapping semantics of an IOMMU backend: VFIO_IOMMU_MAP_DMA / VFIO_IOMMU_UNMAP_DMA of a
+type1v2 or type1 container, IOMMU_IOAS_MAP / IOMMU_IOAS_UNMAP of an iommufd IOAS.
 
-Runs on the DUT. Device-independent: a device's IOMMU group is attached to a new container
-(the device itself is not opened) and the container is probed with valid and invalid
-requests. The answer the kernel must give to each invalid request is written down as data
-(:data:`TABLES`), so a kernel that answers differently is one line to change, with its reason.
+Runs on the DUT. Device-independent: a device is opened in an IOMMU context of its own
+(:func:`vfio_hil.core.open_iommu` of the backend asked for) and the context is probed with
+valid and invalid requests. The answer the kernel must give to each invalid request is
+written down as data (:data:`TABLES`): a case's default answer, and beside it the backends
+that answer differently (:class:`Differs`) or where the case asks the kernel nothing
+(:class:`NotApplicable`), each with its reason in the kernel. A kernel that answers
+differently is one line to change, with its reason.
 
 Also home of the helpers the other DUT modules of this area share: a device in a container
 of its own, and a huge page pool made available for the duration of a check (the container
@@ -17,14 +21,26 @@ import mmap
 import os
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+)
 
 from ..core import sysfs, uapi
+from ..core.backend import ContainerBackend, IommuBackend, open_iommu
 from ..core.container import Container
 from ..core.device import Device
 from ..core.dma import HUGE_2M, DmaBuffer
 from ..core.group import Group
-from .common import RW, Transcript, answer, container_for, open_device, skipped
+from .common import DEFAULT_BACKEND, RW, Transcript, answer, open_device, skipped
 
 READ = uapi.VFIO_DMA_MAP_FLAG_READ
 WRITE = uapi.VFIO_DMA_MAP_FLAG_WRITE
@@ -142,20 +158,27 @@ def describe(expected: Expected) -> str:
 
 @dataclass
 class Bench:
-    """A container with scratch memory, where the cases of a table run.
+    """An IOMMU context with scratch memory, where the cases of a table run.
 
-    ``vaddr`` is ``SCRATCH_PAGES`` of ordinary writable memory, ``base`` the IOVA cases use
-    by default, ``page`` the IOMMU page size; ``special`` holds the addresses of memory the
-    process may not write or access, and of no memory at all.
+    ``iommu`` is the context (a container of type1v2 or type1, or an iommufd IOAS), with the
+    device the bench was built for opened in it; ``vaddr`` is ``SCRATCH_PAGES`` of ordinary
+    writable memory, ``base`` the IOVA cases use by default, ``page`` the IOMMU page size;
+    ``special`` holds the addresses of memory the process may not write or access, and of no
+    memory at all.
     """
 
-    container: Container
+    iommu: IommuBackend
     transcript: Transcript
     page: int
     vaddr: int
     base: int
     special: Dict[str, int] = field(default_factory=dict)
     _added: List[Tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def backend(self) -> str:
+        """The name of the bench's IOMMU backend (``"type1v2"``, ``"type1"``, ``"iommufd"``)."""
+        return self.iommu.name
 
     def pages(self, n: int) -> int:
         """The size of ``n`` IOMMU pages."""
@@ -168,26 +191,40 @@ class Bench:
         vaddr: Optional[int] = None,
         flags: int = RW,
     ) -> int:
-        """MAP_DMA, defaults: one page of scratch memory at ``base``. A mapping a case makes
-        is removed again after the case (see :meth:`undo`)."""
+        """Map DMA (VFIO flags), defaults: one page of scratch memory at ``base``. A mapping
+        a case makes is removed again after the case (see :meth:`undo`)."""
         iova = self.base if iova is None else iova
         size = self.page if size is None else size
         ret = self.transcript.map(
-            self.container, self.vaddr if vaddr is None else vaddr, iova, size, flags
+            self.iommu, self.vaddr if vaddr is None else vaddr, iova, size, flags
         )
         if ret >= 0:
             self._added.append((iova, size))
         return ret
 
     def unmap(self, iova: Optional[int] = None, size: Optional[int] = None, flags: int = 0) -> int:
-        """UNMAP_DMA, defaults: one page at ``base``."""
+        """Unmap DMA (VFIO flags), defaults: one page at ``base``."""
         iova = self.base if iova is None else iova
-        return self.transcript.unmap(
-            self.container, iova, self.page if size is None else size, flags
-        )
+        return self.transcript.unmap(self.iommu, iova, self.page if size is None else size, flags)
+
+    def unmap_everything(self) -> int:
+        """Unmap every mapping with one request: VFIO_DMA_UNMAP_FLAG_ALL (IOVA and size 0) on
+        a container, IOVA 0 and length U64_MAX on an IOAS (``iommufd_ioas_unmap``)."""
+        if isinstance(self.iommu, ContainerBackend):
+            return self.unmap(0, 0, UNMAP_ALL)
+        return self.unmap(0, IOVA_LIMIT - 1)
+
+    def dma_avail(self) -> Optional[int]:
+        """The mappings the context still accepts (VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL); None
+        where it reports none (iommufd accounts pinned pages, not mappings)."""
+        if isinstance(self.iommu, ContainerBackend):
+            return self.iommu.container.info().dma_avail
+        return None
 
     def map_short_argsz(self) -> int:
-        """MAP_DMA whose argsz does not cover the structure."""
+        """VFIO_IOMMU_MAP_DMA whose argsz does not cover the structure (a container's
+        request: see the case's :class:`NotApplicable` for iommufd)."""
+        assert isinstance(self.iommu, ContainerBackend), "argsz is a container's field"
         request = uapi.new(
             "vfio_iommu_type1_dma_map",
             argsz=8,
@@ -196,7 +233,7 @@ class Bench:
             iova=self.base,
             size=self.page,
         )
-        ret = uapi.ioctl_raw(self.container.fd, "VFIO_IOMMU_MAP_DMA", request)
+        ret = uapi.ioctl_raw(self.iommu.container.fd, "VFIO_IOMMU_MAP_DMA", request)
         if ret >= 0:
             self._added.append((self.base, self.page))
         return self.transcript.record("VFIO_IOMMU_MAP_DMA", {"argsz": 8, "iova": self.base}, ret)
@@ -205,7 +242,29 @@ class Bench:
         """Remove the mappings the last case made (only a wrongly accepted request makes one)."""
         while self._added:
             iova, size = self._added.pop()
-            self.transcript.unmap(self.container, iova, size)
+            self.transcript.unmap(self.iommu, iova, size)
+
+
+@dataclass(frozen=True)
+class Differs:
+    """What a backend answers to a case instead of the case's default, and ``why``: where in
+    the kernel the answer comes from."""
+
+    answer: Expected
+    why: str
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    """A case a backend cannot put to the kernel (e.g. a container's field iommufd has not),
+    and ``why``. The case is not run there and is reported as not applicable, never as an
+    answer of the kernel."""
+
+    why: str
+
+
+#: How a backend departs from a case's default answer.
+Departure = Union[Differs, NotApplicable]
 
 
 @dataclass(frozen=True)
@@ -213,28 +272,76 @@ class Case:
     """One request and the answer the kernel must give to it.
 
     ``request`` issues the request on the table's bench (a :class:`Bench` here) and returns
-    the raw result: non-negative, or ``-errno``.
+    the raw result: non-negative, or ``-errno``. ``expected`` is the answer of every backend
+    not in ``by_backend``; ``by_backend`` names the backends that answer otherwise
+    (:class:`Differs`) or where the case does not apply (:class:`NotApplicable`).
     """
 
     name: str
     expected: Expected
     request: Callable[[Any], int]
+    by_backend: Mapping[str, Departure] = field(default_factory=dict)
 
 
-def run_case(case: Case, bench: Any, page: int = 0) -> Dict[str, Any]:
-    """Run ``case`` on ``bench``: what it expected, what it got, and whether they agree."""
+def run_case(
+    case: Case, bench: Any, page: int = 0, backend: Optional[str] = None
+) -> Dict[str, Any]:
+    """Run ``case`` on ``bench`` under IOMMU ``backend`` (None: the case's default answer
+    applies): what it expected, what it got, and whether they agree.
+
+    Under a backend the case :class:`Differs` for, its answer is expected and the result
+    says so (``answer``: the backend, ``why``: the kernel's reason). Under one it is
+    :class:`NotApplicable` for, the request is not issued: ``ok`` is None, ``got`` says not
+    applicable and ``why`` why.
+    """
+    departure = case.by_backend.get(backend) if backend else None
+    result: Dict[str, Any] = {"case": case.name}
+    if isinstance(departure, NotApplicable):
+        return {
+            **result,
+            "expected": "not applicable",
+            "got": "not applicable",
+            "ok": None,
+            "answer": backend,
+            "why": departure.why,
+        }
+    expected = departure.answer if departure else case.expected
     ret = case.request(bench)
-    return {
-        "case": case.name,
-        "expected": describe(case.expected),
-        "got": answer(ret),
-        "ok": matches(case.expected, ret, page),
-    }
+    result.update(expected=describe(expected), got=answer(ret), ok=matches(expected, ret, page))
+    if departure:
+        result.update(answer=backend, why=departure.why)
+    else:
+        result["answer"] = "default"
+    return result
 
 
 #: Mapped by the tables that need an existing mapping: 4 pages at ``base``.
 MAPPED_PAGES = 4
 
+# Where the backends depart from the defaults (type1v2's answers), measured on Linux 6.12
+# (docs/backend-differences.md). The iommufd IOAS is drivers/iommu/iommufd/io_pagetable.c,
+# the container drivers/vfio/vfio_iommu_type1.c.
+_IOMMUFD_WRAP = Differs(
+    ("EOVERFLOW",),
+    "iommufd: check_add_overflow in iopt_check_iova/iopt_unmap_iova (io_pagetable.c)",
+)
+_IOMMUFD_NO_AREA = Differs(
+    ("ENOENT",),
+    "iommufd: iopt_unmap_iova_range refuses a range that does not hold whole areas with "
+    "ENOENT, and checks no alignment on unmap (io_pagetable.c)",
+)
+_IOMMUFD_NO_MAP_FLAGS = NotApplicable(
+    "IOMMU_IOAS_MAP has only FIXED_IOVA/WRITEABLE/READABLE: the library refuses any other "
+    "VFIO flag itself (IommufdBackend.raw_map_dma), the kernel is not asked"
+)
+_IOMMUFD_NO_UNMAP_FLAGS = NotApplicable(
+    "struct iommu_ioas_unmap has no flags: the library refuses any VFIO unmap flag itself "
+    "(IommufdBackend.raw_unmap_dma), the kernel is not asked"
+)
+_TYPE1_GONE = Differs(
+    (Pages(0),),
+    "type1 v1: the first partial unmap removed the whole mapping (vfio_dma_do_unmap)",
+)
 
 MAP_MALFORMED: Tuple[Case, ...] = (
     Case("IOVA not page aligned", EINVAL, lambda b: b.map(iova=b.base + 1)),
@@ -242,17 +349,34 @@ MAP_MALFORMED: Tuple[Case, ...] = (
     Case("size not a multiple of the page size", EINVAL, lambda b: b.map(size=b.page + 1)),
     Case("size 0", EINVAL, lambda b: b.map(size=0)),
     Case("neither READ nor WRITE", EINVAL, lambda b: b.map(flags=0)),
-    Case("unknown flag bit", EINVAL, lambda b: b.map(flags=RW | UNKNOWN_FLAG)),
-    Case("argsz smaller than the structure", EINVAL, Bench.map_short_argsz),
+    Case(
+        "unknown flag bit",
+        EINVAL,
+        lambda b: b.map(flags=RW | UNKNOWN_FLAG),
+        {"iommufd": _IOMMUFD_NO_MAP_FLAGS},
+    ),
+    Case(
+        "argsz smaller than the structure",
+        EINVAL,
+        Bench.map_short_argsz,
+        {
+            "iommufd": NotApplicable(
+                "argsz is VFIO_IOMMU_MAP_DMA's: iommufd checks its own size field in "
+                "iommufd_fops_ioctl (drivers/iommu/iommufd/main.c), which the library sets"
+            )
+        },
+    ),
     Case(
         "IOVA range wraps past 2^64",
         WRAP,
         lambda b: b.map(iova=IOVA_LIMIT - b.page, size=b.pages(2)),
+        {"iommufd": _IOMMUFD_WRAP},
     ),
     Case(
         "vaddr range wraps past 2^64",
         WRAP,
         lambda b: b.map(vaddr=IOVA_LIMIT - b.page, size=b.pages(2)),
+        {"iommufd": _IOMMUFD_WRAP},
     ),
 )
 
@@ -283,46 +407,126 @@ MAP_OVERLAP: Tuple[Case, ...] = (
     ),
 )
 
+#: A partial unmap of a mapping under type1 v1 and iommufd, after its first row.
+_PARTIAL_UNMAP = {"type1": _TYPE1_GONE, "iommufd": _IOMMUFD_NO_AREA}
+
 UNMAP_SPLIT: Tuple[Case, ...] = (
-    Case("its first page", EINVAL, lambda b: b.unmap()),
-    Case("its last page", EINVAL, lambda b: b.unmap(iova=b.base + b.pages(MAPPED_PAGES - 1))),
-    Case("its middle pages", EINVAL, lambda b: b.unmap(iova=b.base + b.page, size=b.pages(2))),
+    Case(
+        "its first page",
+        EINVAL,
+        lambda b: b.unmap(),
+        {
+            "type1": Differs(
+                (Pages(MAPPED_PAGES),),
+                "type1 v1: vfio_dma_do_unmap checks the bisection only for iommu->v2; v1 "
+                "unmaps every mapping the range touches, whole",
+            ),
+            "iommufd": _IOMMUFD_NO_AREA,
+        },
+    ),
+    Case(
+        "its last page",
+        EINVAL,
+        lambda b: b.unmap(iova=b.base + b.pages(MAPPED_PAGES - 1)),
+        _PARTIAL_UNMAP,
+    ),
+    Case(
+        "its middle pages",
+        EINVAL,
+        lambda b: b.unmap(iova=b.base + b.page, size=b.pages(2)),
+        _PARTIAL_UNMAP,
+    ),
     Case(
         "from below it into it",
         EINVAL,
         lambda b: b.unmap(iova=b.base - b.page, size=b.pages(2)),
+        _PARTIAL_UNMAP,
     ),
     Case(
         "from inside it to above it",
         EINVAL,
         lambda b: b.unmap(iova=b.base + b.pages(2), size=b.pages(MAPPED_PAGES)),
+        _PARTIAL_UNMAP,
     ),
     # After the refusals the mapping must be whole: still there, and removable as one.
-    Case("mapping it again (still mapped)", EEXIST, lambda b: b.map()),
+    Case(
+        "mapping it again (still mapped)",
+        EEXIST,
+        lambda b: b.map(),
+        {"type1": Differs(OK, _TYPE1_GONE.why)},
+    ),
     Case(
         "unmapping exactly it (whole)",
         (Pages(MAPPED_PAGES),),
         lambda b: b.unmap(size=b.pages(MAPPED_PAGES)),
+        {"type1": _TYPE1_GONE},
     ),
 )
 
 UNMAP_MALFORMED: Tuple[Case, ...] = (
     Case("size 0", EINVAL, lambda b: b.unmap(size=0)),
-    Case("IOVA not page aligned", EINVAL, lambda b: b.unmap(iova=b.base + 1)),
-    Case("size not a multiple of the page size", EINVAL, lambda b: b.unmap(size=b.page + 1)),
+    Case(
+        "IOVA not page aligned",
+        EINVAL,
+        lambda b: b.unmap(iova=b.base + 1),
+        {"iommufd": _IOMMUFD_NO_AREA},
+    ),
+    Case(
+        "size not a multiple of the page size",
+        EINVAL,
+        lambda b: b.unmap(size=b.page + 1),
+        {"iommufd": _IOMMUFD_NO_AREA},
+    ),
     Case(
         "IOVA range wraps past 2^64",
         WRAP,
         lambda b: b.unmap(iova=IOVA_LIMIT - b.page, size=b.pages(2)),
+        {"iommufd": _IOMMUFD_WRAP},
     ),
-    Case("unknown flag bit", EINVAL, lambda b: b.unmap(flags=UNKNOWN_FLAG)),
+    Case(
+        "unknown flag bit",
+        EINVAL,
+        lambda b: b.unmap(flags=UNKNOWN_FLAG),
+        {"iommufd": _IOMMUFD_NO_UNMAP_FLAGS},
+    ),
     # These would unmap everything if accepted: MAPPED_PAGES are in place to show it.
-    Case("UNMAP_ALL with an IOVA", EINVAL, lambda b: b.unmap(size=0, flags=UNMAP_ALL)),
-    Case("UNMAP_ALL with a size", EINVAL, lambda b: b.unmap(iova=0, flags=UNMAP_ALL)),
+    Case(
+        "UNMAP_ALL with an IOVA",
+        EINVAL,
+        lambda b: b.unmap(size=0, flags=UNMAP_ALL),
+        {"iommufd": _IOMMUFD_NO_UNMAP_FLAGS},
+    ),
+    Case(
+        "UNMAP_ALL with a size",
+        EINVAL,
+        lambda b: b.unmap(iova=0, flags=UNMAP_ALL),
+        {"iommufd": _IOMMUFD_NO_UNMAP_FLAGS},
+    ),
     Case(
         "the mapping survived (unmapping it whole)",
         (Pages(MAPPED_PAGES),),
         lambda b: b.unmap(size=b.pages(MAPPED_PAGES)),
+    ),
+)
+
+#: The unmaps of DMA-006 (:func:`unmap_coverage`) that find nothing mapped.
+_IOMMUFD_NOTHING = Differs(
+    ("ENOENT",),
+    "iommufd: iopt_unmap_iova_range answers ENOENT when it unmapped nothing (io_pagetable.c); "
+    "a container succeeds with size 0",
+)
+UNMAP_EMPTY: Tuple[Case, ...] = (
+    Case(
+        "a range before any mapping",
+        (Pages(0),),
+        lambda b: b.unmap(size=b.pages(16)),
+        {"iommufd": _IOMMUFD_NOTHING},
+    ),
+    Case(
+        "a range beside mappings, holding none",
+        (Pages(0),),
+        lambda b: b.unmap(iova=b.base + b.pages(8), size=b.pages(8)),
+        {"iommufd": _IOMMUFD_NOTHING},
     ),
 )
 
@@ -401,32 +605,51 @@ def _special_memory(stack: ExitStack, page: int) -> Dict[str, int]:
     }
 
 
-def errno_table(bdf: str, table: str) -> Dict[str, Any]:
-    """Run the cases of :data:`TABLES` ``[table]`` on a container with ``bdf``'s group.
+def _page_size(iommu: IommuBackend) -> int:
+    """The IOMMU's smallest page size: a container's ``iova_pgsizes``, an IOAS's IOVA
+    alignment (IOMMU_IOAS_IOVA_RANGES ``out_iova_alignment``, at least the CPU page)."""
+    if isinstance(iommu, ContainerBackend):
+        return min_page_size(iommu.container.info().iova_pgsizes)
+    _ranges, alignment = iommu.ioas.iova_ranges()  # type: ignore[attr-defined]
+    return max(alignment, mmap.PAGESIZE)
 
-    Returns each case with what it expected and got (``ok`` when they agree), the kernel
+
+def open_bench(stack: ExitStack, bdf: str, backend: str, pages: int = SCRATCH_PAGES) -> Bench:
+    """A :class:`Bench` of ``pages`` IOMMU pages of scratch memory on a new IOMMU context
+    (``backend`` as :func:`vfio_hil.core.open_iommu` takes it) with ``bdf`` opened in it, so
+    that the context has its IOMMU domain and reserved ranges; ``stack`` closes it."""
+    iommu = stack.enter_context(open_iommu(backend))
+    iommu.open_device(bdf)
+    page = _page_size(iommu)
+    scratch = stack.enter_context(DmaBuffer(pages * page))
+    return Bench(iommu, Transcript(), page, scratch.vaddr, SCRATCH_IOVA)
+
+
+def errno_table(bdf: str, table: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
+    """Run the cases of :data:`TABLES` ``[table]`` under IOMMU ``backend``, in a context with
+    ``bdf`` opened.
+
+    Returns each case with what it expected and got (``ok`` when they agree, None for a
+    case not applicable to the backend) and which answer applied, the backend, the kernel
     release, and the ioctl transcript.
     """
     spec = TABLES[table]
-    transcript = Transcript()
     with ExitStack() as stack:
-        container, _group = stack.enter_context(container_for(bdf))
-        page = min_page_size(container.info().iova_pgsizes)
-        scratch = stack.enter_context(DmaBuffer(SCRATCH_PAGES * page))
-        bench = Bench(container, transcript, page, scratch.vaddr, SCRATCH_IOVA)
-        bench.special = _special_memory(stack, page)
+        bench = open_bench(stack, bdf, backend)
+        bench.special = _special_memory(stack, bench.page)
         if spec.premapped:
-            container.map_dma(scratch.vaddr, bench.base, spec.premapped * page)
+            bench.iommu.map_dma(bench.vaddr, bench.base, bench.pages(spec.premapped))
         results = []
         for case in spec.cases:
-            results.append(run_case(case, bench, page))
+            results.append(run_case(case, bench, bench.page, bench.backend))
             bench.undo()
     return {
         "table": table,
+        "backend": bench.backend,
         "kernel": os.uname().release,
-        "page_size": page,
+        "page_size": bench.page,
         "cases": results,
-        "ioctls": transcript.entries,
+        "ioctls": bench.transcript.entries,
     }
 
 
@@ -457,19 +680,17 @@ def range_edge_cases(ranges: List[Tuple[int, int]], page: int) -> List[Tuple[str
     return cases
 
 
-def iova_range_edges(bdf: str) -> Dict[str, Any]:
-    """Map one page at each edge of every reported IOVA range, and just outside them."""
-    transcript = Transcript()
-    with container_for(bdf) as (container, _group), ExitStack() as stack:
-        info = container.info()
-        page = min_page_size(info.iova_pgsizes)
-        ranges = [(r.start, r.last) for r in info.iova_ranges]
-        scratch = stack.enter_context(DmaBuffer(2 * page))
+def iova_range_edges(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
+    """Under IOMMU ``backend``, map one page at each edge of every reported IOVA range, and
+    just outside them (a container's VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, an IOAS's
+    IOMMU_IOAS_IOVA_RANGES: both refuse a fixed IOVA outside them with EINVAL)."""
+    with ExitStack() as stack:
+        bench = open_bench(stack, bdf, backend, 2)
+        ranges = [(r.start, r.last) for r in bench.iommu.iova_ranges()]
         results = []
-        for name, iova, size, ok in range_edge_cases(ranges, page):
-            ret = transcript.map(container, scratch.vaddr, iova, size)
-            if ret >= 0:
-                transcript.unmap(container, iova, size)
+        for name, iova, size, ok in range_edge_cases(ranges, bench.page):
+            ret = bench.map(iova, size)
+            bench.undo()
             results.append(
                 {
                     "case": name,
@@ -483,93 +704,98 @@ def iova_range_edges(bdf: str) -> Dict[str, Any]:
         start <= X86_MSI_WINDOW[1] and X86_MSI_WINDOW[0] <= last for start, last in ranges
     )
     return {
+        "backend": bench.backend,
         "ranges": [[hex(s), hex(e)] for s, e in ranges],
-        "page_size": page,
+        "page_size": bench.page,
         "x86": os.uname().machine in ("x86_64", "i686"),
         "msi_window_reserved": msi_reserved,
         "cases": results,
-        "ioctls": transcript.entries,
+        "ioctls": bench.transcript.entries,
     }
 
 
 # -- unmap semantics and accounting ---------------------------------------------------------
 
 
-@contextmanager
-def _scratch_container(bdf: str, pages: int) -> Iterator[Tuple[Container, DmaBuffer, int]]:
-    """A container for ``bdf`` and ``pages`` IOMMU pages of scratch memory; yields the
-    container, the memory and the IOMMU page size."""
-    with container_for(bdf) as (container, _group):
-        page = min_page_size(container.info().iova_pgsizes)
-        with DmaBuffer(pages * page) as scratch:
-            yield container, scratch, page
-
-
-def unmap_coverage(bdf: str) -> Dict[str, Any]:
-    """UNMAP_DMA of ranges that hold nothing, and of one range covering two mappings and the
-    hole between them: the sizes reported, and whether the mappings are really gone."""
-    transcript = Transcript()
-    with _scratch_container(bdf, 2) as (container, scratch, page):
-        base = SCRATCH_IOVA
-        empty_before = transcript.unmap(container, base, 16 * page)
+def unmap_coverage(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
+    """Under IOMMU ``backend``, unmap ranges that hold nothing (the :data:`UNMAP_EMPTY`
+    cases, before and beside mappings), and one range covering two mappings and the hole
+    between them: the answers, the size reported, and whether the mappings are really gone."""
+    with ExitStack() as stack:
+        bench = open_bench(stack, bdf, backend, 2)
+        page, base = bench.page, bench.base
+        before, beside = UNMAP_EMPTY
+        empty = [run_case(before, bench, page, bench.backend)]
         mappings = [(base, 2 * page), (base + 4 * page, page)]
         for iova, size in mappings:
-            container.map_dma(scratch.vaddr, iova, size)
-        empty_between = transcript.unmap(container, base + 8 * page, 8 * page)
-        covering = transcript.unmap(container, base, 8 * page)
+            bench.iommu.map_dma(bench.vaddr, iova, size)
+        empty.append(run_case(beside, bench, page, bench.backend))
+        covering = bench.unmap(base, 8 * page)
         # Gone means the same ranges can be mapped again.
-        remaps = [transcript.map(container, scratch.vaddr, iova, size) for iova, size in mappings]
+        remaps = [bench.map(iova, size) for iova, size in mappings]
     return {
+        "backend": bench.backend,
         "page_size": page,
-        "empty_before_any_mapping": answer(empty_before),
-        "empty_range": answer(empty_between),
+        "empty": empty,
         "covering": answer(covering),
         "covering_expected": sum(size for _iova, size in mappings),
         "remaps": [answer(r) for r in remaps],
-        "ioctls": transcript.entries,
+        "ioctls": bench.transcript.entries,
     }
 
 
-def unmap_all(bdf: str) -> Dict[str, Any]:
-    """VFIO_DMA_UNMAP_FLAG_ALL: the total size it reports, the DMA-available count after it,
-    and whether every mapping is really gone."""
-    transcript = Transcript()
-    with _scratch_container(bdf, 4) as (container, scratch, page):
-        if not container.check_extension(uapi.VFIO_UNMAP_ALL):
-            return {"supported": False}
-        avail_before = container.info().dma_avail
+def unmap_all(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
+    """Under IOMMU ``backend``, unmap every mapping with one request
+    (:meth:`Bench.unmap_everything`): the total size it reports, the DMA-available count
+    after it, and whether every mapping is really gone. A container without the
+    VFIO_UNMAP_ALL extension answers ``supported`` False."""
+    with ExitStack() as stack:
+        bench = open_bench(stack, bdf, backend, 4)
+        iommu, page = bench.iommu, bench.page
+        if isinstance(iommu, ContainerBackend) and not iommu.container.check_extension(
+            uapi.VFIO_UNMAP_ALL
+        ):
+            return {"supported": False, "backend": bench.backend}
+        avail_before = bench.dma_avail()
         mappings = [(SCRATCH_IOVA, page), (SCRATCH_IOVA + 4 * page, 3 * page), (1 << 30, page)]
         for iova, size in mappings:
-            container.map_dma(scratch.vaddr, iova, size)
-        total = transcript.unmap(container, 0, 0, UNMAP_ALL)
-        avail_after = container.info().dma_avail
-        remaps = [transcript.map(container, scratch.vaddr, iova, size) for iova, size in mappings]
+            iommu.map_dma(bench.vaddr, iova, size)
+        total = bench.unmap_everything()
+        avail_after = bench.dma_avail()
+        remaps = [bench.map(iova, size) for iova, size in mappings]
     return {
         "supported": True,
+        "backend": bench.backend,
         "unmapped": answer(total),
         "expected": sum(size for _iova, size in mappings),
         "dma_avail_before": avail_before,
         "dma_avail_after": avail_after,
         "remaps": [answer(r) for r in remaps],
-        "ioctls": transcript.entries,
+        "ioctls": bench.transcript.entries,
     }
 
 
-def dma_avail_accounting(bdf: str, mappings: int = 8) -> Dict[str, Any]:
-    """The DMA_AVAIL capability before, after each of ``mappings`` maps and each unmap."""
-    with _scratch_container(bdf, mappings) as (container, scratch, page):
-        trail = [container.info().dma_avail]
+def dma_avail_accounting(
+    bdf: str, mappings: int = 8, backend: str = DEFAULT_BACKEND
+) -> Dict[str, Any]:
+    """Under IOMMU ``backend``, the DMA_AVAIL capability before, after each of ``mappings``
+    maps and each unmap (``reported`` False where the backend reports none: a type1
+    container's capability, iommufd has no mapping budget)."""
+    with ExitStack() as stack:
+        bench = open_bench(stack, bdf, backend, mappings)
+        iommu, page = bench.iommu, bench.page
+        trail = [bench.dma_avail()]
         if trail[0] is None:
-            return {"reported": False}
+            return {"reported": False, "backend": bench.backend}
         # Every other page, so that no two mappings are adjacent.
         iovas = [SCRATCH_IOVA + 2 * i * page for i in range(mappings)]
         for i, iova in enumerate(iovas):
-            container.map_dma(scratch.vaddr + i * page, iova, page)
-            trail.append(container.info().dma_avail)
+            iommu.map_dma(bench.vaddr + i * page, iova, page)
+            trail.append(bench.dma_avail())
         for iova in iovas:
-            container.unmap_dma(iova, page)
-            trail.append(container.info().dma_avail)
-    return {"reported": True, "mappings": mappings, "trail": trail}
+            iommu.unmap_dma(iova, page)
+            trail.append(bench.dma_avail())
+    return {"reported": True, "backend": bench.backend, "mappings": mappings, "trail": trail}
 
 
 def dma_entry_limit(bdf: str, limit: int = 4) -> Dict[str, Any]:
@@ -620,34 +846,32 @@ def dma_entry_limit(bdf: str, limit: int = 4) -> Dict[str, Any]:
     }
 
 
-def hugepage_mapping(bdf: str) -> Dict[str, Any]:
-    """Map a 2 MiB huge page as one mapping, and one IOMMU page inside it at another IOVA."""
-    transcript = Transcript()
+def hugepage_mapping(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
+    """Under IOMMU ``backend``, map a 2 MiB huge page as one mapping, and one IOMMU page
+    inside it at another IOVA."""
     with hugepages(1) as unavailable:
         if unavailable:
             return unavailable
         with ExitStack() as stack:
-            container, _group = stack.enter_context(container_for(bdf))
+            bench = open_bench(stack, bdf, backend, 1)
+            page = bench.page
             huge = stack.enter_context(DmaBuffer(HUGE_2M, page_size=HUGE_2M))
-            page = min_page_size(container.info().iova_pgsizes)
             huge.fill(b"\xa5" * huge.size)  # fault the huge page in
             # Aligned to the huge page, so the IOMMU may map it with one large page.
             iova, inner_iova = 2 * HUGE_2M, 4 * HUGE_2M
-            avail = [container.info().dma_avail]
-            whole = transcript.map(container, huge.vaddr, iova, HUGE_2M)
-            inner = transcript.map(container, huge.vaddr + 5 * page, inner_iova, page)
-            avail.append(container.info().dma_avail)
-            unmapped = [
-                transcript.unmap(container, iova, HUGE_2M),
-                transcript.unmap(container, inner_iova, page),
-            ]
-            avail.append(container.info().dma_avail)
+            avail = [bench.dma_avail()]
+            whole = bench.map(iova, HUGE_2M, huge.vaddr)
+            inner = bench.map(inner_iova, page, huge.vaddr + 5 * page)
+            avail.append(bench.dma_avail())
+            unmapped = [bench.unmap(iova, HUGE_2M), bench.unmap(inner_iova, page)]
+            avail.append(bench.dma_avail())
     return {
+        "backend": bench.backend,
         "huge_page_size": HUGE_2M,
         "page_size": page,
         "map_whole": answer(whole),
         "map_inner_page": answer(inner),
         "unmapped": [answer(u) for u in unmapped],
         "dma_avail": avail,
-        "ioctls": transcript.entries,
+        "ioctls": bench.transcript.entries,
     }

@@ -63,10 +63,10 @@ def config_ids(bdf: str) -> Dict[str, Any]:
     }
 
 
-def engine_mmio(bdf: str, scratch: bool = False) -> Dict[str, Any]:
-    """Through the engine's mmap'ed BAR: read its identity register and write/read back a
-    read/write register (restored after)."""
-    with engine_in_container(bdf, scratch) as (_container, _device, engine):
+def engine_mmio(bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
+    """Under IOMMU ``backend``, through the engine's mmap'ed BAR: read its identity register
+    and write/read back a read/write register (restored after)."""
+    with engine_in_container(bdf, scratch, backend) as (_iommu, _device, engine):
         return {"engine": engine.name, **asdict(engine.probe_registers())}
 
 

@@ -1,9 +1,11 @@
 """Device access through the VFIO device fd: regions (BARs, ROM, config space), mmap, the
 MSI-X table, I/O port BARs, and config space virtualization.
 
-Every function opens ``bdf`` through a fresh container, restores any config register it
-writes and closes everything before returning. Reads of the hardware's own config space go
-through sysfs (``/sys/bus/pci/devices/<bdf>/config``), which vfio-pci does not virtualize.
+Every function opens ``bdf`` in an IOMMU context of its own (``backend``: a type1v2
+container by default, or iommufd through the device's cdev; :func:`.common.device_in`),
+restores any config register it writes and closes everything before returning. Reads of
+the hardware's own config space go through sysfs (``/sys/bus/pci/devices/<bdf>/config``),
+which vfio-pci does not virtualize.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Dict, List
 from ..core import pci, sysfs, uapi
 from ..core.device import PCI_COMMAND, PCI_COMMAND_MASTER, Device
 from ..core.region import RegionInfo
-from .common import Transcript, open_device, skipped
+from .common import DEFAULT_BACKEND, Transcript, device_in, skipped
 
 PAGE = mmap.PAGESIZE
 IORESOURCE_IO = 0x100
@@ -94,13 +96,13 @@ def _try_mmap(device: Device, offset: int, length: int = PAGE) -> int:
     return 0
 
 
-def region_survey(bdf: str) -> Dict[str, Any]:
+def region_survey(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """Every standard region of ``bdf`` beside what sysfs says, plus the kernel's answers for
     the regions the device lacks: a read of each empty BAR/ROM region, the VGA region of a
     device that is no VGA controller, and the first index past ``num_regions``."""
     bdf = sysfs.normalize_bdf(bdf)
     log = Transcript()
-    with open_device(bdf) as (_container, _group, device):
+    with device_in(bdf, backend) as (_iommu, device):
         info = device.info()
         regions = [device.region_info(i) for i in range(uapi.VFIO_PCI_VGA_REGION_INDEX)]
         empty_reads = {}
@@ -126,14 +128,14 @@ def region_survey(bdf: str) -> Dict[str, Any]:
     }
 
 
-def mmap_survey(bdf: str) -> Dict[str, Any]:
+def mmap_survey(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """Try mmap(2) on every BAR, the ROM and config space of ``bdf``: one page at the start
     of each (of its first sparse area if it has them), and one page just past the end of
     each region that offers mmap."""
     bdf = sysfs.normalize_bdf(bdf)
     log = Transcript()
     attempts = []
-    with open_device(bdf) as (_container, _group, device):
+    with device_in(bdf, backend) as (_iommu, device):
         for index in range(uapi.VFIO_PCI_CONFIG_REGION_INDEX + 1):
             region = device.region_info(index)
             start = region.sparse_areas[0].offset if region.sparse_areas else 0
@@ -148,13 +150,13 @@ def mmap_survey(bdf: str) -> Dict[str, Any]:
     return {"attempts": attempts, "ioctls": log.entries}
 
 
-def msix_table(bdf: str) -> Dict[str, Any]:
+def msix_table(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """How ``bdf``'s MSI-X table is exposed: the BAR holding it and its mmap capabilities,
     table entry 0 read through the fd (and through an mmap where the kernel allows one),
     and whether a write through the fd reaches the table."""
     bdf = sysfs.normalize_bdf(bdf)
     log = Transcript()
-    with open_device(bdf) as (_container, _group, device):
+    with device_in(bdf, backend) as (_iommu, device):
         cap = device.pci_config().find(pci.PCI_CAP_ID_MSIX)
         if cap is None:
             return skipped("capability", f"{bdf} has no MSI-X capability")
@@ -196,7 +198,7 @@ def _msix_write_through_fd(
     return {"hw_data_before": before, "hw_data_after": after, "fd_write": ret}
 
 
-def testdev_io_port(bdf: str) -> Dict[str, Any]:
+def testdev_io_port(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """Drive pci-testdev's I/O port BAR through pread/pwrite on the device fd: select the
     port I/O test without eventfd, read its header, write the matching byte at the test
     offset (the device counts it), a non-matching byte (ignored), and the matching one
@@ -207,7 +209,7 @@ def testdev_io_port(bdf: str) -> Dict[str, Any]:
     if not io_bars:
         return skipped("capability", f"{bdf} has no I/O port BAR")
     index = io_bars[0]
-    with open_device(bdf) as (_container, _group, device), device.map_bar(index) as bar:
+    with device_in(bdf, backend) as (_iommu, device), device.map_bar(index) as bar:
         bar.write8(TESTDEV_TEST, TESTDEV_NO_EVENTFD)
         width = bar.read8(TESTDEV_WIDTH)
         offset = bar.read32(TESTDEV_OFFSET)
@@ -256,13 +258,13 @@ def _bar_size(kind: str, low: int, high: int = 0) -> int:
     return (~mask & ((1 << bits) - 1)) + 1 if mask else 0
 
 
-def bar_sizing(bdf: str) -> Dict[str, Any]:
+def bar_sizing(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """Size every BAR and the ROM BAR the way an OS does, through the VFIO config region:
     write all ones, read the mask back, restore the original value."""
     bdf = sysfs.normalize_bdf(bdf)
     resources = sysfs_resources(bdf)
     bars = []
-    with open_device(bdf) as (_container, _group, device):
+    with device_in(bdf, backend) as (_iommu, device):
         index = 0
         while index < NUM_BARS:
             reg = PCI_BAR0 + 4 * index
@@ -296,13 +298,13 @@ def bar_sizing(bdf: str) -> Dict[str, Any]:
 READ_ONLY_DWORDS = {0x00: "vendor and device ID", 0x08: "revision ID and class code"}
 
 
-def readonly_fields(bdf: str) -> Dict[str, Any]:
+def readonly_fields(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """Write the inverse of each read-only header dword through the config region; read it
     back through VFIO and from the hardware."""
     bdf = sysfs.normalize_bdf(bdf)
     log = Transcript()
     fields = []
-    with open_device(bdf) as (_container, _group, device):
+    with device_in(bdf, backend) as (_iommu, device):
         config = device.region_info(uapi.VFIO_PCI_CONFIG_REGION_INDEX).offset
         for reg, name in READ_ONLY_DWORDS.items():
             before = device.config_read(reg, 4)
@@ -331,12 +333,12 @@ def readonly_fields(bdf: str) -> Dict[str, Any]:
     return {"fields": fields, "ioctls": log.entries}
 
 
-def bus_master_toggle(bdf: str) -> Dict[str, Any]:
+def bus_master_toggle(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """Clear, then set Bus Master Enable through the config region, reading the command
     register back through VFIO and from the hardware each time; restore it after."""
     bdf = sysfs.normalize_bdf(bdf)
     steps = []
-    with open_device(bdf) as (_container, _group, device):
+    with device_in(bdf, backend) as (_iommu, device):
         original = device.config_read(PCI_COMMAND, 2)
         try:
             for want in (False, True):
@@ -355,12 +357,12 @@ def bus_master_toggle(bdf: str) -> Dict[str, Any]:
     return {"original": original, "steps": steps, "restored": restored}
 
 
-def rom_region(bdf: str) -> Dict[str, Any]:
+def rom_region(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """The ROM region of ``bdf``: its info, the first two bytes read through it, and what a
     write and an mmap of it get."""
     bdf = sysfs.normalize_bdf(bdf)
     log = Transcript()
-    with open_device(bdf) as (_container, _group, device):
+    with device_in(bdf, backend) as (_iommu, device):
         rom = device.region_info(uapi.VFIO_PCI_ROM_REGION_INDEX)
         result: Dict[str, Any] = {
             "region": region_dict(rom),

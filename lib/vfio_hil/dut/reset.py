@@ -1,8 +1,11 @@
 """Device reset through VFIO: VFIO_DEVICE_RESET and the PCI hot (bus or slot) reset.
 
-Every function opens ``bdf`` through a fresh container and closes everything before
-returning; the NVMe reset probe drives the controller with the library's NVMe driver, which
-disables it again on the way out if the reset did not.
+Every function opens ``bdf`` in an IOMMU context of its own and closes everything before
+returning, under ``backend`` (a type1v2 container by default, or iommufd through the
+device's cdev; :func:`.common.device_in`). A hot reset's proof of ownership differs between
+them: the fds of the groups it reaches, or the iommufd the devices are bound to. The NVMe
+reset probe drives the controller with the library's NVMe driver, which disables it again on
+the way out if the reset did not.
 
 A hot reset the kernel offered (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO answered) and then failed
 is explained from what the kernel waits for after a secondary bus reset, in
@@ -22,12 +25,12 @@ import time
 from contextlib import ExitStack
 from typing import Any, Dict, List, Optional, Set
 
-from ..core import pci, sysfs
+from ..core import pci, sysfs, uapi
 from ..core.device import Device
 from ..core.drivers import EngineMemory, NvmeController
 from ..core.drivers.nvme import is_nvme
 from ..core.group import Group
-from .common import Transcript, open_device, skipped
+from .common import DEFAULT_BACKEND, Transcript, device_in, open_device, skipped
 from .evidence import kmsg_cursor, kmsg_since
 
 PCI_DEVICES = "/sys/bus/pci/devices"
@@ -41,12 +44,12 @@ PCI_EXP_LNKSTA_DLLLA = 0x2000  # Data Link Layer Link Active
 LINK_SPEEDS_GTS = {1: 2.5, 2: 5.0, 3: 8.0, 4: 16.0, 5: 32.0, 6: 64.0}
 
 
-def reset_contract(bdf: str) -> Dict[str, Any]:
+def reset_contract(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """VFIO_DEVICE_RESET on ``bdf``, beside whether the device advertises
     VFIO_DEVICE_FLAGS_RESET, and the device's IDs before and after."""
     bdf = sysfs.normalize_bdf(bdf)
     log = Transcript()
-    with open_device(bdf) as (_container, _group, device):
+    with device_in(bdf, backend) as (_iommu, device):
         info = device.info()
         ids_before = device.config_read(0, 4)
         ret = log.add("VFIO_DEVICE_RESET", device.raw_reset())
@@ -61,20 +64,20 @@ def reset_contract(bdf: str) -> Dict[str, Any]:
     }
 
 
-def nvme_reset(bdf: str, scratch: bool = False) -> Dict[str, Any]:
+def nvme_reset(bdf: str, scratch: bool = False, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
     """Bring ``bdf``'s NVMe controller up with the library's driver (admin queue in mapped
     memory, Identify completed), issue VFIO_DEVICE_RESET, and read the controller registers
     before and after. A device whose class code is not NVMe's SKIPs."""
     bdf = sysfs.normalize_bdf(bdf)
     log = Transcript()
     with ExitStack() as stack:
-        container, _group, device = stack.enter_context(open_device(bdf))
+        iommu, device = stack.enter_context(device_in(bdf, backend))
         if not is_nvme(device):
             code = device.config_read(0x08, 4) >> 8
             return skipped("capability", f"{bdf} is not an NVMe controller (class code {code:06x})")
         if not device.info().resettable:
             return skipped("capability", f"{bdf} does not advertise VFIO_DEVICE_FLAGS_RESET")
-        memory = stack.enter_context(EngineMemory.of(container))
+        memory = stack.enter_context(EngineMemory.of(iommu))
         start = time.monotonic()
         controller = stack.enter_context(NvmeController(device, memory, scratch=scratch))
         ready_s = time.monotonic() - start
@@ -91,17 +94,20 @@ def nvme_reset(bdf: str, scratch: bool = False) -> Dict[str, Any]:
 
 
 def _hot_reset_info(device: Device, log: Transcript) -> Dict[str, Any]:
-    """The devices a hot reset of ``device`` reaches; ``ret`` is ``-errno`` (ENODEV: no bus
-    or slot reset) when the kernel offers none."""
+    """The devices a hot reset of ``device`` reaches, each with its IOMMU ``group``, or with
+    its ``devid`` in the caller's iommufd where the kernel answers with device ids (a device
+    opened through its cdev: VFIO_PCI_HOT_RESET_FLAG_DEV_ID); ``ret`` is ``-errno`` (ENODEV:
+    no bus or slot reset) when the kernel offers none."""
     ret = device.raw_hot_reset_info()
     if ret < 0 and ret != -errno.ENOSPC:  # ENOSPC: there are devices, and no room for them
         return {"ret": log.add("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", ret), "devices": []}
     info = device.hot_reset_info()
     log.add("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", 0, count=len(info.devices))
+    key = "devid" if info.flags & uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID else "group"
     return {
         "ret": "0",
         "flags": info.flags,
-        "devices": [{"bdf": d.bdf, "group": d.group_id} for d in info.devices],
+        "devices": [{"bdf": d.bdf, key: d.group_id} for d in info.devices],
     }
 
 
@@ -123,12 +129,13 @@ def _reset_domain(bdf: str) -> Dict[str, List[str]]:
     return {"bus": bus, "slot": same_slot}
 
 
-def hot_reset_info(bdf: str) -> Dict[str, Any]:
-    """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO for ``bdf``, beside what sysfs says a bus or slot
-    reset reaches and the IOMMU group of each of those functions."""
+def hot_reset_info(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
+    """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO for ``bdf`` opened under IOMMU ``backend``, beside
+    what sysfs says a bus or slot reset reaches and the IOMMU group of each of those
+    functions."""
     bdf = sysfs.normalize_bdf(bdf)
     log = Transcript()
-    with open_device(bdf) as (_container, _group, device):
+    with device_in(bdf, backend) as (_iommu, device):
         info = _hot_reset_info(device, log)
     domain = _reset_domain(bdf)
     groups = {name: _group_of(name) for name in domain["bus"]}
@@ -232,12 +239,45 @@ def hot_reset_failure(
     return f"the kernel answered {ret} (kernel: {said})"
 
 
-def hot_reset_ownership(bdf: str) -> Dict[str, Any]:
-    """VFIO_DEVICE_PCI_HOT_RESET on ``bdf`` with no group fd, with a list that misses a group
-    the reset reaches (a foreign group when only one is reached), and with every group;
-    beside them the link state before and after the resets, and ``failure``, the cause of a
-    complete list's failure (:func:`hot_reset_failure`)."""
+def _complete_reset(
+    bdf: str,
+    device: Device,
+    groups: List[Group],
+    log: Transcript,
+    what: str,
+    result: Dict[str, Any],
+) -> None:
+    """The hot reset that must work (``groups``: every group it reaches, or none for a device
+    opened through its cdev): its answer as ``complete``, the kernel's lines during it, the
+    link state after it, and ``failure``, the cause of a failure (:func:`hot_reset_failure`)."""
+    cursor = kmsg_cursor()
+    result["complete"] = _hot_reset(device, groups, log, what)
+    result["complete_kernel_log"] = kmsg_since(cursor)["lines"]
+    result["link_after"] = _link_state(bdf)
+    if result["complete"] != "0":
+        result["failure"] = hot_reset_failure(
+            bdf,
+            result["complete"],
+            result["link_before"],
+            result["link_after"],
+            result["complete_kernel_log"],
+        )
+
+
+def hot_reset_ownership(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, Any]:
+    """VFIO_DEVICE_PCI_HOT_RESET on ``bdf`` with and without the proof that the caller owns
+    every device the reset reaches, beside the link state before and after the resets.
+
+    Through a container (``backend`` type1v2) the proof is the fds of every group reached:
+    the reset is asked with no group fd, with a list that misses a group (a foreign group
+    when only one is reached), and with every group. Through the device's cdev (``backend``
+    iommufd) the proof is the iommufd the devices are bound to: any group fd is refused, and
+    the reset is asked with none, to work where GET_PCI_HOT_RESET_INFO says this iommufd
+    owns them all (``owned``; ``unowned`` holds the answer otherwise).
+    """
     bdf = sysfs.normalize_bdf(bdf)
+    if backend == "iommufd":
+        return _cdev_hot_reset_ownership(bdf)
     log = Transcript()
     with ExitStack() as stack:
         _container, own, device = stack.enter_context(open_device(bdf))
@@ -270,16 +310,31 @@ def hot_reset_ownership(bdf: str) -> Dict[str, Any]:
                     device, [foreign], log, "a foreign group instead of the own"
                 )
         full = [groups[n] for n in sorted(needed)]
-        cursor = kmsg_cursor()
-        result["complete"] = _hot_reset(device, full, log, "every group the reset reaches")
-        result["complete_kernel_log"] = kmsg_since(cursor)["lines"]
-        result["link_after"] = _link_state(bdf)
-    if result["complete"] != "0":
-        result["failure"] = hot_reset_failure(
-            bdf,
-            result["complete"],
-            result["link_before"],
-            result["link_after"],
-            result["complete_kernel_log"],
-        )
+        _complete_reset(bdf, device, full, log, "every group the reset reaches", result)
+    return {**result, "ioctls": log.entries}
+
+
+def _cdev_hot_reset_ownership(bdf: str) -> Dict[str, Any]:
+    """:func:`hot_reset_ownership` of ``bdf`` opened through its cdev, bound to iommufd."""
+    log = Transcript()
+    with ExitStack() as stack:
+        _iommu, device = stack.enter_context(device_in(bdf, "iommufd"))
+        info = _hot_reset_info(device, log)
+        if info["ret"] != "0":
+            return {"info": info, "ioctls": log.entries}
+        owned = bool(info["flags"] & uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED)
+        result: Dict[str, Any] = {"info": info, "owned": owned, "link_before": _link_state(bdf)}
+        # The own group cannot be opened while its device is open through the cdev: any other.
+        foreign = _foreign_group({sysfs.iommu_group(bdf)})
+        if foreign is None:
+            result["incomplete_skip"] = "no other VFIO group to offer"
+        else:
+            stack.enter_context(foreign)
+            result["group_fds"] = _hot_reset(
+                device, [foreign], log, "a group fd, to a device opened through its cdev"
+            )
+        if owned:
+            _complete_reset(bdf, device, [], log, "no group fd: every device owned", result)
+        else:
+            result["unowned"] = _hot_reset(device, [], log, "no group fd, devices not owned")
     return {**result, "ioctls": log.entries}

@@ -203,12 +203,14 @@ class Evidence:
         self.items[name] = data
 
 
-def judge(checks: ModuleType, result: dict[str, Any]) -> tuple[str, str, Evidence]:
-    """RST-004 on a DUT answering ``result``: (verdict, reason, evidence)."""
+def judge(
+    checks: ModuleType, result: dict[str, Any], backend: str = "type1v2"
+) -> tuple[str, str, Evidence]:
+    """RST-004 under ``backend`` on a DUT answering ``result``: (verdict, reason, evidence)."""
     lease = SimpleNamespace(bdf=NVME, call=lambda func, **kwargs: result)
     evidence = Evidence()
     try:
-        checks.test_hot_reset_needs_ownership(lease, evidence)
+        checks.test_hot_reset_needs_ownership(lease, backend, evidence)
     except AssertionError as exc:
         return "FAIL", str(exc), evidence
     except pytest.skip.Exception as exc:
@@ -284,3 +286,108 @@ def test_ownership_not_enforced_fails_before_any_reset_question(
 
     assert verdict == "FAIL"
     assert "with no group fd got 0, expected -EINVAL" in reason
+
+
+# -- through the device's cdev (iommufd): the proof of ownership is the iommufd -------------
+
+DEVID = 2
+
+
+class FakeCdevDevice:
+    """The hot reset ioctls of a device opened through its cdev: any group fd is EINVAL
+    (vfio_pci_ioctl_pci_hot_reset), none resets when the iommufd owns every device reached
+    (``owned``), else EINVAL."""
+
+    def __init__(self, owned: bool = True, complete: int = 0) -> None:
+        self.owned = owned
+        self.complete = complete
+        self.resets: list[list[int]] = []
+
+    def raw_hot_reset_info(self) -> int:
+        return -errno.ENOSPC
+
+    def hot_reset_info(self) -> SimpleNamespace:
+        flags = reset.uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID
+        if self.owned:
+            flags |= reset.uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED
+        return SimpleNamespace(flags=flags, devices=[SimpleNamespace(bdf=NVME, group_id=DEVID)])
+
+    def raw_hot_reset(self, fds: list[int]) -> int:
+        self.resets.append(fds)
+        if fds:
+            return -errno.EINVAL
+        return self.complete if self.owned else -errno.EINVAL
+
+
+def dut_cdev(monkeypatch: pytest.MonkeyPatch, device: Any) -> dict[str, Any]:
+    """``reset.hot_reset_ownership`` under iommufd on the fake cdev-opened device."""
+
+    @contextmanager
+    def device_in(bdf: str, backend: str) -> Iterator[tuple[None, Any]]:
+        assert backend == "iommufd"
+        yield None, device
+
+    monkeypatch.setattr(reset, "device_in", device_in)
+    monkeypatch.setattr(reset.sysfs, "iommu_group", lambda bdf: OWN_GROUP)
+    monkeypatch.setattr(
+        reset, "_foreign_group", lambda needed: FakeGroup(FOREIGN_GROUP) if needed else None
+    )
+    monkeypatch.setattr(reset, "kmsg_cursor", lambda: 41)
+    monkeypatch.setattr(reset, "kmsg_since", lambda cursor: {"lines": []})
+    return reset.hot_reset_ownership(NVME, backend="iommufd")
+
+
+@pytest.fixture
+def link_up(sysfs: dict[str, list[bytes]]) -> None:
+    sysfs[NVME] = [config()]
+    sysfs[PORT] = [config(lnkcap=LNKCAP_QEMU, lnksta=LNKSTA_UP)]
+
+
+@pytest.mark.usefixtures("link_up")
+def test_cdev_group_fds_refused_and_the_iommufd_proof_resets(
+    monkeypatch: pytest.MonkeyPatch, checks: ModuleType
+) -> None:
+    device = FakeCdevDevice()
+    result = dut_cdev(monkeypatch, device)
+
+    assert result["info"]["devices"] == [{"bdf": NVME, "devid": DEVID}]
+    assert device.resets == [[FakeGroup(FOREIGN_GROUP).fd], []]
+    assert (result["group_fds"], result["complete"]) == ("-EINVAL", "0")
+    assert judge(checks, result, "iommufd")[:2] == ("PASS", "")
+
+
+@pytest.mark.usefixtures("link_up")
+def test_cdev_accepting_a_group_fd_fails(
+    monkeypatch: pytest.MonkeyPatch, checks: ModuleType
+) -> None:
+    device = FakeCdevDevice()
+    device.raw_hot_reset = lambda fds: 0  # type: ignore[method-assign]
+    verdict, reason, _ = judge(checks, dut_cdev(monkeypatch, device), "iommufd")
+
+    assert verdict == "FAIL"
+    assert "(opened through its cdev) with a group fd got 0, expected -EINVAL" in reason
+
+
+@pytest.mark.usefixtures("link_up")
+def test_cdev_devices_not_owned_must_be_refused(
+    monkeypatch: pytest.MonkeyPatch, checks: ModuleType
+) -> None:
+    device = FakeCdevDevice(owned=False)
+    result = dut_cdev(monkeypatch, device)
+    assert result["unowned"] == "-EINVAL" and "complete" not in result
+    assert judge(checks, result, "iommufd")[:2] == ("PASS", "")
+
+    result["unowned"] = "0"  # a kernel resetting devices another iommufd may own
+    verdict, reason, _ = judge(checks, result, "iommufd")
+    assert verdict == "FAIL" and "reset devices its iommufd does not own" in reason
+
+
+@pytest.mark.usefixtures("link_up")
+def test_cdev_reset_that_fails_names_why(
+    monkeypatch: pytest.MonkeyPatch, checks: ModuleType
+) -> None:
+    result = dut_cdev(monkeypatch, FakeCdevDevice(complete=-errno.ENOTTY))
+    verdict, reason, _ = judge(checks, result, "iommufd")
+    assert verdict == "FAIL"
+    assert "with every device owned by its iommufd got -ENOTTY" in reason
+    assert "pci_reset_bus() gave up with ENOTTY" in reason
