@@ -166,6 +166,18 @@ def _foreign_group(needed: Set[int]) -> Optional[Group]:
     return None
 
 
+def _reset_offering_a_foreign_group(
+    stack: ExitStack, device: Device, needed: Set[int], log: Transcript, key: str, what: str
+) -> Dict[str, str]:
+    """A hot reset of ``device`` offered a VFIO group outside ``needed`` (kept open on
+    ``stack``): its answer under ``key``, or ``incomplete_skip`` when no such group opens."""
+    foreign = _foreign_group(needed)
+    if foreign is None:
+        return {"incomplete_skip": "no other VFIO group to offer"}
+    stack.enter_context(foreign)
+    return {key: _hot_reset(device, [foreign], log, what)}
+
+
 def port_link(config: bytes) -> Optional[Dict[str, Any]]:
     """The link registers of a PCIe port's config space ``config`` that the kernel reads
     after a secondary bus reset; None when it has no PCI Express capability."""
@@ -301,14 +313,11 @@ def hot_reset_ownership(bdf: str, backend: str = DEFAULT_BACKEND) -> Dict[str, A
             partial = [groups[n] for n in sorted(needed) if n != own.number]
             result["incomplete"] = _hot_reset(device, partial, log, "all but the own group")
         else:
-            foreign = _foreign_group(needed)
-            if foreign is None:
-                result["incomplete_skip"] = "no other VFIO group to offer instead of the own"
-            else:
-                stack.enter_context(foreign)
-                result["incomplete"] = _hot_reset(
-                    device, [foreign], log, "a foreign group instead of the own"
+            result.update(
+                _reset_offering_a_foreign_group(
+                    stack, device, needed, log, "incomplete", "a foreign group instead of the own"
                 )
+            )
         full = [groups[n] for n in sorted(needed)]
         _complete_reset(bdf, device, full, log, "every group the reset reaches", result)
     return {**result, "ioctls": log.entries}
@@ -325,14 +334,16 @@ def _cdev_hot_reset_ownership(bdf: str) -> Dict[str, Any]:
         owned = bool(info["flags"] & uapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED)
         result: Dict[str, Any] = {"info": info, "owned": owned, "link_before": _link_state(bdf)}
         # The own group cannot be opened while its device is open through the cdev: any other.
-        foreign = _foreign_group({sysfs.iommu_group(bdf)})
-        if foreign is None:
-            result["incomplete_skip"] = "no other VFIO group to offer"
-        else:
-            stack.enter_context(foreign)
-            result["group_fds"] = _hot_reset(
-                device, [foreign], log, "a group fd, to a device opened through its cdev"
+        result.update(
+            _reset_offering_a_foreign_group(
+                stack,
+                device,
+                {sysfs.iommu_group(bdf)},
+                log,
+                "group_fds",
+                "a group fd, to a device opened through its cdev",
             )
+        )
         if owned:
             _complete_reset(bdf, device, [], log, "no group fd: every device owned", result)
         else:

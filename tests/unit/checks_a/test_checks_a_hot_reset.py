@@ -10,7 +10,6 @@ it and the reset works.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import struct
 from collections.abc import Iterator
@@ -20,10 +19,11 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from check_modules import load_checks
 
 from vfio_hil.dut import reset
+from vfio_hil_pytest.plugin import Evidence
 
-CONFORMANCE = Path(__file__).resolve().parents[3] / "conformance"
 NVME = "0000:01:00.0"
 PORT = "0000:00:06.0"
 OWN_GROUP, FOREIGN_GROUP = 6, 7
@@ -188,19 +188,8 @@ def dut(
 @pytest.fixture(scope="module")
 def checks() -> ModuleType:
     """conformance/test_reset.py, imported as the check catalogue imports it."""
-    spec = importlib.util.spec_from_file_location("rst_checks", CONFORMANCE / "test_reset.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_checks("test_reset.py", "rst_checks")
     return module
-
-
-class Evidence:
-    def __init__(self) -> None:
-        self.items: dict[str, Any] = {}
-
-    def add(self, name: str, data: Any) -> None:
-        self.items[name] = data
 
 
 def judge(

@@ -17,7 +17,6 @@ reason naming it, through edu and through NVMe alike, and the evidence must have
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import inspect
 import sys
 from collections import deque
@@ -27,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
+from check_modules import load_checks
 
 from vfio_hil.core import uapi
 from vfio_hil.core.backend import IommuBackend
@@ -51,7 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 from nvme_fake import PAGE, FakeClock, FakeIommu, FakeNvme, FakePciDevice
 from test_core_edu import FakeEduBar
 
-CONFORMANCE = Path(__file__).resolve().parents[3] / "conformance"
 HOST = "lab0"
 DUT, PEER = "0000:00:04.0", "0000:00:05.0"
 ENGINES = ("edu", "nvme")
@@ -369,10 +368,7 @@ class Outcome(NamedTuple):
 def checks() -> Dict[str, Callable[..., None]]:
     """The ISO checks of conformance/test_isolation.py by ID, imported as the catalogue does
     (not into this module: pytest would collect them here)."""
-    spec = importlib.util.spec_from_file_location("iso_checks", CONFORMANCE / "test_isolation.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_checks("test_isolation.py", "iso_checks")
     found = {
         mark.args[0].id: fn
         for fn in vars(module).values()

@@ -4,12 +4,11 @@ the scratch bench and the huge page pool guard."""
 from __future__ import annotations
 
 import errno
-import importlib.util
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from check_modules import load_checks
 
 from vfio_hil.dut import mapping
 from vfio_hil.dut.common import Transcript, answer
@@ -30,6 +29,7 @@ from vfio_hil.dut.mapping import (
     range_edge_cases,
     run_case,
 )
+from vfio_hil_pytest.plugin import Evidence
 
 PAGE = 4096
 # What intel-iommu reports under QEMU: everything but the MSI window, 39 address bits.
@@ -116,29 +116,6 @@ def test_range_edges_of_the_whole_space_stop_at_2_64() -> None:
         "first page of [0x0, 0xffffffffffffffff]",
         "last page of [0x0, 0xffffffffffffffff]",
     }
-
-
-class FakeContainer:
-    """A container whose MAP_DMA refuses what overlaps, as type1 does, and records calls."""
-
-    def __init__(self) -> None:
-        self.mapped: list[tuple[int, int]] = []
-        self.calls: list[tuple[Any, ...]] = []
-        self.fd = -1
-
-    def raw_map_dma(self, vaddr: int, iova: int, size: int, flags: int) -> int:
-        self.calls.append(("map", iova, size, flags))
-        if any(iova < i + s and i < iova + size for i, s in self.mapped):
-            return -errno.EEXIST
-        self.mapped.append((iova, size))
-        return 0
-
-    def raw_unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
-        self.calls.append(("unmap", iova, size, flags))
-        gone = [(i, s) for i, s in self.mapped if iova <= i and i + s <= iova + size]
-        for m in gone:
-            self.mapped.remove(m)
-        return sum(s for _i, s in gone)
 
 
 def _bench(container: FakeContainer) -> Bench:
@@ -277,6 +254,14 @@ class ModelIommu:
         for m in gone:
             self.mapped.remove(m)
         return sum(s for _i, s in gone)
+
+
+class FakeContainer(ModelIommu):
+    """A container answering as type1v2 does, for the bench's own tests."""
+
+    def __init__(self) -> None:
+        super().__init__("type1v2")
+        self.fd = -1
 
 
 #: The tables a model can answer (pinning needs real memory; argsz a real container).
@@ -435,26 +420,11 @@ def test_unmap_all_of_an_ioas_is_iova_0_length_u64_max(opened: list[ModelIommu])
     assert r["dma_avail_before"] is None and r["remaps"] == [0, 0, 0]
 
 
-CONFORMANCE = Path(__file__).resolve().parents[3] / "conformance"
-
-
 @pytest.fixture(scope="module")
 def dma_checks() -> ModuleType:
     """conformance/test_dma.py, imported as the check catalogue imports it."""
-    spec = importlib.util.spec_from_file_location("dma_checks", CONFORMANCE / "test_dma.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_checks("test_dma.py", "dma_checks")
     return module
-
-
-class Evidence:
-    def __init__(self) -> None:
-        self.items: dict[str, Any] = {}
-        self.note = ""
-
-    def add(self, name: str, data: Any) -> None:
-        self.items[name] = data
 
 
 def _judge(check: Any, backend: str) -> tuple[str, str, Evidence]:

@@ -167,14 +167,25 @@ def kernel() -> LegacyKernel:
     return LegacyKernel()
 
 
+def container_backend(
+    tmp_path: Path, kernel: LegacyKernel, name: str = "type1v2", **options: Any
+) -> ContainerBackend:
+    """A :class:`ContainerBackend` of ``name`` over the fake kernel and sysfs of ``tmp_path``."""
+    container = Container(str(tmp_path / "dev/vfio/vfio"), ioctl_fn=kernel)
+    return ContainerBackend(
+        container,
+        name,
+        dev_dir=str(tmp_path / "dev/vfio"),
+        sysfs_root=str(tmp_path),
+        **options,
+    )
+
+
 @pytest.fixture
 def backend(tmp_path: Path, kernel: LegacyKernel) -> Iterator[ContainerBackend]:
     fake_pci_device(tmp_path, BDF, group=3)
     fake_pci_device(tmp_path, "0000:00:04.1", group=3)
-    container = Container(str(tmp_path / "dev/vfio/vfio"), ioctl_fn=kernel)
-    with ContainerBackend(
-        container, "type1v2", dev_dir=str(tmp_path / "dev/vfio"), sysfs_root=str(tmp_path)
-    ) as backend:
+    with container_backend(tmp_path, kernel) as backend:
         yield backend
 
 
@@ -281,10 +292,7 @@ def test_group_kind_must_match_the_backend(
 ) -> None:
     fake_pci_device(tmp_path, BDF, group=3, noiommu=noiommu)
     before = len(os.listdir("/proc/self/fd"))
-    container = Container(str(tmp_path / "dev/vfio/vfio"), ioctl_fn=kernel)
-    with ContainerBackend(
-        container, name, dev_dir=str(tmp_path / "dev/vfio"), sysfs_root=str(tmp_path)
-    ) as backend:
+    with container_backend(tmp_path, kernel, name) as backend:
         with pytest.raises(UnsafeModeError, match="no-IOMMU group") as info:
             backend.open_device(BDF)
         assert backend.groups == {}
@@ -300,14 +308,7 @@ def test_a_no_iommu_group_asked_for_by_name_makes_a_no_iommu_container(
     tmp_path: Path, kernel: LegacyKernel
 ) -> None:
     fake_pci_device(tmp_path, BDF, group=3, noiommu=True)
-    container = Container(str(tmp_path / "dev/vfio/vfio"), ioctl_fn=kernel)
-    with ContainerBackend(
-        container,
-        "type1v2",
-        allow_noiommu=True,
-        dev_dir=str(tmp_path / "dev/vfio"),
-        sysfs_root=str(tmp_path),
-    ) as backend:
+    with container_backend(tmp_path, kernel, allow_noiommu=True) as backend:
         backend.open_device(BDF)
         assert backend.name == "noiommu"
         assert kernel.last("VFIO_SET_IOMMU").arg == uapi.VFIO_NOIOMMU_IOMMU
@@ -319,14 +320,7 @@ def test_allow_noiommu_does_not_turn_a_container_that_has_a_model(
 ) -> None:
     fake_pci_device(tmp_path, BDF, group=3)
     fake_pci_device(tmp_path, "0000:00:05.0", group=4, noiommu=True)
-    container = Container(str(tmp_path / "dev/vfio/vfio"), ioctl_fn=kernel)
-    with ContainerBackend(
-        container,
-        "type1v2",
-        allow_noiommu=True,
-        dev_dir=str(tmp_path / "dev/vfio"),
-        sysfs_root=str(tmp_path),
-    ) as backend:
+    with container_backend(tmp_path, kernel, allow_noiommu=True) as backend:
         backend.open_device(BDF)
         with pytest.raises(UnsafeModeError, match="group 4 is a no-IOMMU group"):
             backend.open_device("0000:00:05.0")
@@ -345,10 +339,7 @@ def test_a_failed_set_iommu_releases_the_group(
 def test_a_device_without_iommu_group_is_reported(tmp_path: Path, kernel: LegacyKernel) -> None:
     fake_pci_device(tmp_path, BDF, group=3)
     (tmp_path / "sys/devices/pci0000:00" / BDF / "iommu_group").unlink()
-    container = Container(str(tmp_path / "dev/vfio/vfio"), ioctl_fn=kernel)
-    with ContainerBackend(
-        container, "type1v2", dev_dir=str(tmp_path / "dev/vfio"), sysfs_root=str(tmp_path)
-    ) as backend:
+    with container_backend(tmp_path, kernel) as backend:
         with pytest.raises(BackendUnavailableError, match="no IOMMU group"):
             backend.open_device(BDF)
         with pytest.raises(FileNotFoundError, match=r"no PCI device 0000:00:1f\.0"):
