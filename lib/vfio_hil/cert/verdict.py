@@ -6,7 +6,9 @@ of the profile that apply to it (its device checks, and its host's host checks) 
 from their records:
 
 - ``pass``: a record PASSed and none FAILed or ERRORed (other variants SKIPped for a kind
-  the profile allows);
+  the profile allows; of a check run in variants, a variant may SKIP for a kind of the
+  profile's ``variant_may_skip`` once another variant decided: PASSed, or SKIPped for
+  another kind);
 - ``skip``: every record SKIPped, each for a kind the profile allows for the check;
 - ``fail``: a ``must`` check FAILed: the device is NOT CERTIFIED;
 - ``warn``: a ``should`` or ``report`` check FAILed: reported, the verdict stands;
@@ -303,8 +305,15 @@ def judge(
     if by["ERROR"]:
         return "incomplete", f"ERROR: {_why(by['ERROR'][0], variants)}"
     allowed = profile.allowed_skips(check_id)
-    if by["PASS"]:
-        allowed = allowed | set(profile.variant_may_skip)
+    # The variants that decide: those that ran as far as the device let them (a PASS, or a
+    # SKIP for what the device lacks), not those the kernel or the lab left out. Once one
+    # decides, the others may be left out.
+    variant_kinds = set(profile.variant_may_skip)
+    deciding = [
+        r for r in records if r["verdict"] == "PASS" or r.get("skip_kind") not in variant_kinds
+    ]
+    if variants and deciding:
+        allowed = allowed | variant_kinds
     refused = [r for r in by["SKIP"] if r.get("skip_kind") not in allowed]
     if refused:
         # The telling one: a backend the kernel lacks says less about why the check could not
@@ -316,7 +325,7 @@ def judge(
         )
     if by["PASS"]:
         return "pass", ""
-    return "skip", _why(by["SKIP"][0], variants)
+    return "skip", _why((deciding or by["SKIP"])[0], variants)
 
 
 def _why(record: Record, variants: bool) -> str:
@@ -333,6 +342,13 @@ def _figures(rule: CheckRule, records: list[Record]) -> list[dict[str, Any]]:
         for f in r.get("figures") or []:
             if any(fnmatch.fnmatchcase(f["name"], p) for p in rule.figures):
                 better = "higher" if f.get("higher_is_better", True) else "lower"
-                shown.append({"check_id": r["check_id"], "name": f["name"],
-                              "value": f["value"], "unit": f["unit"], "better": better})
+                shown.append(
+                    {
+                        "check_id": r["check_id"],
+                        "name": f["name"],
+                        "value": f["value"],
+                        "unit": f["unit"],
+                        "better": better,
+                    }
+                )
     return shown

@@ -123,6 +123,24 @@ def test_variant_skips_are_judged_by_the_variant_kinds() -> None:
     assert _outcome(certify(document(records), profile()), EDU, "ISO-001").outcome == "incomplete"
 
 
+def test_a_variant_that_skips_for_what_the_device_lacks_decides_the_check() -> None:
+    """A device without a DMA engine SKIPs ISO-001 under type1v2 (capability); the iommufd variant the
+    kernel does not offer (backend) adds nothing to find: the check SKIPs, allowed. Had no
+    variant reached the device, the check would be unproven."""
+    capability = rec(
+        "ISO-001", "SKIP", bdf=EDU, backend="type1v2", skip_kind="capability", reason="no DMA engine"
+    )
+    backend = rec("ISO-001", "SKIP", bdf=EDU, backend="iommufd", skip_kind="backend")
+    records = _replace(passing(), "ISO-001", EDU, [backend, capability])
+    cert = certify(document(records), profile())
+    outcome = _outcome(cert, EDU, "ISO-001")
+    assert (outcome.outcome, outcome.note) == ("skip", "[type1v2] no DMA engine")
+    assert _device(cert, EDU).verdict == CERTIFIED
+    # A capability SKIP the profile does not allow for the check still leaves it unproven.
+    strict = profile(checks={**profile().checks, "ISO-001": {"require": "must", "may_skip": []}})
+    assert _outcome(certify(document(records), strict), EDU, "ISO-001").outcome == "incomplete"
+
+
 def test_a_reported_figure_missing_leaves_the_device_incomplete() -> None:
     records = _replace(passing(), "PERF-001", NVME, [rec("PERF-001", bdf=NVME, figures=IOPS[1:])])
     cert = certify(document(records), profile())
