@@ -33,8 +33,8 @@ def test_conformant_host_passes_every_skeleton_check(suite_run: dict[str, Any]) 
     ]
     assert not bad
     # 2 host checks, GRP and CFG on all 7 devices, MMIO and IRQ on the 6 DMA engines (5 edus
-    # and the NVMe), DMA-001 on them under 3 backends.
-    assert len(records) == 2 + 2 * 7 + 2 * 6 + 3 * 6
+    # and the NVMe) under type1v2 and iommufd, DMA-001 on them under 3 backends.
+    assert len(records) == 2 + 2 * 7 + 2 * 6 * 2 + 3 * 6
     engines = {r["engine"] for r in records if r["check_id"] == "DMA-001" and r["engine"]}
     assert engines == {"edu", "nvme"}
     for r in records:
