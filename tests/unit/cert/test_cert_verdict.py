@@ -124,11 +124,16 @@ def test_variant_skips_are_judged_by_the_variant_kinds() -> None:
 
 
 def test_a_variant_that_skips_for_what_the_device_lacks_decides_the_check() -> None:
-    """A device without a DMA engine SKIPs ISO-001 under type1v2 (capability); the iommufd variant the
-    kernel does not offer (backend) adds nothing to find: the check SKIPs, allowed. Had no
-    variant reached the device, the check would be unproven."""
+    """A device without a DMA engine SKIPs ISO-001 under type1v2 (capability); the iommufd
+    variant the kernel does not offer (backend) adds nothing to find: the check SKIPs,
+    allowed. Had no variant reached the device, the check would be unproven."""
     capability = rec(
-        "ISO-001", "SKIP", bdf=EDU, backend="type1v2", skip_kind="capability", reason="no DMA engine"
+        "ISO-001",
+        "SKIP",
+        bdf=EDU,
+        backend="type1v2",
+        skip_kind="capability",
+        reason="no DMA engine",
     )
     backend = rec("ISO-001", "SKIP", bdf=EDU, backend="iommufd", skip_kind="backend")
     records = _replace(passing(), "ISO-001", EDU, [backend, capability])
