@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
+import os
 import time
 from typing import Callable
 
 import pytest
 
-from vfio_hil.core import ContainerBackend, EventFd, IommuBackend, VfioError, uapi
+from vfio_hil.core import ContainerBackend, EventFd, IommuBackend, VfioError, sysfs, uapi
 from vfio_hil.core.drivers.edu import EDU_ID, REG_LIVENESS, Edu
 
 #: How long the kernel may take to perform an ioeventfd write (it is asynchronous).
@@ -108,6 +109,19 @@ def test_feature_probes(iommu: IommuBackend, edu_bdf: str) -> None:
     assert device.raw_feature(lpe) == -errno.EINVAL  # neither GET, SET nor PROBE
 
 
+def _suspended(bdf: str, timeout_s: float = 10.0) -> bool:
+    """Wait until runtime PM has suspended ``bdf``: low power entry only lets it suspend, which
+    the kernel does asynchronously (an idle request on the PM workqueue)."""
+    status = os.path.join(sysfs.device_path(bdf), "power", "runtime_status")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with open(status) as fh:
+            if fh.read().strip() == "suspended":
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def test_low_power_entry_and_exit(iommu: IommuBackend, edu_bdf: str) -> None:
     device = iommu.open_device(edu_bdf)
     if not device.probe_feature(uapi.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, set=True):
@@ -118,6 +132,8 @@ def test_low_power_entry_and_exit(iommu: IommuBackend, edu_bdf: str) -> None:
     device.low_power_exit()
     with EventFd() as wakeup:
         device.low_power_entry(wakeup)
+        # The wakeup is signalled only when a suspended device is woken: read once it is.
+        assert _suspended(edu_bdf), f"{edu_bdf} did not runtime-suspend after low power entry"
         assert device.config_read(2, 2) == 0x11E8
         assert wakeup.read_count(2.0) == 1
         device.low_power_exit()
