@@ -17,7 +17,6 @@ import json
 import subprocess
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -203,7 +202,7 @@ def test_devices_are_back_on_their_drivers(built: BuiltRun) -> None:
     assert built.drivers_after == built.drivers_before
 
 
-def test_results_name_the_built_kernel(built: BuiltRun, tmp_path: Path) -> None:
+def test_results_name_the_built_kernel(built: BuiltRun) -> None:
     """The platform record says which kernel ran: a certification or a dashboard can tell the
     rack-built kernel from Debian's."""
     releases = {
